@@ -1,0 +1,5 @@
+import sys
+
+from hubtrain.cli import main
+
+sys.exit(main())

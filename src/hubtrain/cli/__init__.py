@@ -1,0 +1,125 @@
+"""The ``hubtrain`` command: a thin layer that parses, calls the library, and prints where things went.
+
+    hubtrain quickstart            train a small CNN on the built-in digits, write a run dir and a Hub-ready folder
+    hubtrain quickstart lm         train a small ResNet-BK language model on the Python standard library sources
+    hubtrain fit --config x.yaml   LightningCLI with AutoTrainer (also: validate, test, predict)
+    hubtrain export ...            ONNX / TorchScript / TensorRT export with verified numerics
+    hubtrain push ...              upload a trained folder or checkpoints to the Hugging Face Hub
+    hubtrain generate ...          stream text from a causal LM folder
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+# subcommand -> (module, one-line help); each module has add_arguments(parser) and run(args) -> int
+TOOL_SUBCOMMANDS = {
+    "export": ("hubtrain.cli.export_cmd", "export a model to ONNX / TorchScript / TensorRT and verify it"),
+    "push": ("hubtrain.cli.push_cmd", "upload a model folder or checkpoints to the Hugging Face Hub"),
+    "generate": ("hubtrain.cli.generate_cmd", "generate text from a causal LM folder, streaming tokens"),
+}
+
+EPILOG = """examples:
+  hubtrain quickstart                      # digits classifier: run dir + Hub-ready folder in about a minute
+  hubtrain quickstart lm                   # ResNet-BK on the Python stdlib sources
+  hubtrain fit --config examples/configs/digits.yaml
+  hubtrain fit --config examples/configs/digits.yaml --trainer.max_epochs 3
+  hubtrain export hubtrain-quickstart --format onnx
+  hubtrain push hubtrain-quickstart --repo-id you/digits-resnet
+  hubtrain generate hubtrain-quickstart-lm --prompt "def main("
+"""
+
+
+def run_lightning_cli(argv: Sequence[str]) -> int:
+    """``hubtrain fit|validate|test|predict``: Lightning's own CLI, with AutoTrainer as the trainer."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.cli import LightningCLI
+
+    # Importing the task and data modules registers them as subclasses, so YAML can say `class_path: ImageClassifier`.
+    import hubtrain.data  # noqa: F401
+    import hubtrain.tasks  # noqa: F401
+    from hubtrain.training import AutoTrainer
+
+    LightningCLI(
+        model_class=pl.LightningModule,
+        datamodule_class=pl.LightningDataModule,
+        trainer_class=AutoTrainer,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,  # tasks own their optimisers
+        save_config_kwargs={"overwrite": True},
+        args=list(argv),
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubtrain",
+        description="Train and ship Hugging Face models from one API.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from hubtrain import __version__
+
+    parser.add_argument("--version", action="version", version=f"hubtrain {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    quick = sub.add_parser(
+        "quickstart",
+        help="train on built-in data: a digits classifier, or `quickstart lm` for a language model",
+        description="The main job: train on built-in data, write a run directory and a Hub-ready folder.",
+        epilog="examples:\n  hubtrain quickstart\n  hubtrain quickstart --max-epochs 5 --output-dir my-digits\n"
+        "  hubtrain quickstart lm\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from hubtrain.cli import quickstart
+
+    quickstart.add_arguments(quick)
+    quick_sub = quick.add_subparsers(dest="quickstart_kind", metavar="KIND")
+    lm = quick_sub.add_parser(
+        "lm",
+        help="train a small ResNet-BK language model on the Python standard library sources",
+        description="Train a small ResNet-BK on the Python standard library sources; write a Hub-ready folder.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    importlib.import_module("hubtrain.cli.quickstart_lm").add_arguments(lm)
+
+    for name in LIGHTNING_SUBCOMMANDS:
+        sub.add_parser(name, help=f"Lightning's `{name}` with AutoTrainer (see `hubtrain {name} --help`)", add_help=False)
+    for name, (module, help_text) in TOOL_SUBCOMMANDS.items():
+        tool = sub.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+        importlib.import_module(module).add_arguments(tool)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        return run_lightning_cli(argv)
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "quickstart":
+            if getattr(args, "quickstart_kind", None) == "lm":
+                return importlib.import_module("hubtrain.cli.quickstart_lm").run(args)
+            from hubtrain.cli import quickstart
+
+            return quickstart.run(args)
+        if args.command in TOOL_SUBCOMMANDS:
+            return importlib.import_module(TOOL_SUBCOMMANDS[args.command][0]).run(args)
+    except (ValueError, FileNotFoundError, OSError, ImportError) as err:
+        # Bad input ends in one line that says what and where, and a non-zero exit.
+        print(f"hubtrain {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
