@@ -1,0 +1,50 @@
+"""``BackboneConfig``: the JSON-friendly description of a backbone, as in AutoTimm."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class BackboneConfig:
+    """What to build and how.
+
+    Args:
+        model_name: a timm name (``"resnet18"``, ``"resnet18.a1_in1k"``), ``"hf-hub:org/name[@revision]"``,
+            ``"local-dir:/path"``, or a transformers name (``"hf:org/name"``) / folder.
+        pretrained: load pretrained weights (from the local Hugging Face cache first, never a silent network wait).
+        drop_rate: dropout before the classifier (timm's ``drop_rate``).
+        drop_path_rate: stochastic depth (timm's ``drop_path_rate``).
+        extra_kwargs: passed on to ``timm.create_model`` (or the transformers builder), e.g. ``{"in_chans": 1}``.
+        source: where an architecture was first resolved from (``"hf-hub:timm/resnet18.a1_in1k"``) when
+            ``model_name`` has since been pinned to the bare architecture; informational (model cards).
+    """
+
+    model_name: str
+    pretrained: bool = True
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    extra_kwargs: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model_name, str) or not self.model_name:
+            raise ValueError(f"BackboneConfig.model_name={self.model_name!r}: give a timm name such as 'resnet18'.")
+        for name in ("drop_rate", "drop_path_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"BackboneConfig.{name}={value!r}: must lie in [0, 1).")
+        if not isinstance(self.extra_kwargs, dict):
+            raise ValueError(f"BackboneConfig.extra_kwargs={self.extra_kwargs!r}: must be a dict of keyword arguments.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BackboneConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"BackboneConfig.from_dict: unknown field(s) {unknown}; known fields are {sorted(known)}.")
+        return cls(**data)

@@ -1,0 +1,117 @@
+"""timm backbones: registry names, ``hf-hub:org/name`` and ``local-dir:/path``, behind one small interface.
+
+Whatever the name, the module we return knows how to rebuild itself offline: ``backbone_spec`` pins the bare
+timm architecture, its saved model arguments and its preprocessing, so a trained task never needs the Hub again.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .config import BackboneConfig
+from .resolve import resolve_hub_folder, resolve_timm_weights
+
+# Preprocessing fields of a timm pretrained_cfg that a rebuilt backbone must report identically.
+_DATA_FIELDS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=list))
+
+
+class TimmBackbone(nn.Module):
+    """A timm model without its classifier.
+
+    ``forward(images)`` returns pooled features ``(B, num_features)``, or with ``features_only=True`` the list of
+    feature maps, finest first (``feature_channels`` / ``feature_strides`` describe them).
+    """
+
+    def __init__(self, model: nn.Module, *, features_only: bool, backbone_spec: dict[str, Any]) -> None:
+        super().__init__()
+        import timm.data
+
+        self.model = model
+        self.features_only = features_only
+        self.backbone_spec = backbone_spec
+        if features_only:
+            self.feature_channels: list[int] = list(model.feature_info.channels())
+            self.feature_strides: list[int] = list(model.feature_info.reduction())
+            self.num_features = self.feature_channels[-1]
+        else:
+            self.num_features = int(model.num_features)
+        self.data_config: dict[str, Any] = dict(timm.data.resolve_data_config({}, model=model))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        out = self.model(images)
+        return list(out) if self.features_only else out
+
+
+def _local_dir_config(folder: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(architecture, model_args, preprocessing) as timm reads them from a saved folder's config.json."""
+    from timm.models._hub import load_model_config_from_path
+
+    pretrained_cfg, architecture, model_args = load_model_config_from_path(folder)
+    data = {k: pretrained_cfg[k] for k in _DATA_FIELDS if pretrained_cfg.get(k) is not None}
+    # The head is ours; the saved number of classes describes the checkpoint's head, not the backbone.
+    model_args = {k: v for k, v in model_args.items() if k not in {"num_classes", "global_pool"}}
+    return architecture, model_args, data
+
+
+def create_timm_backbone(
+    config: BackboneConfig,
+    *,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    **kwargs: Any,
+) -> TimmBackbone:
+    import timm
+    import timm.models
+
+    source, ident = timm.models.parse_model_name(config.model_name)
+    kwargs = {**config.extra_kwargs, **kwargs}
+    if config.drop_rate:
+        kwargs["drop_rate"] = config.drop_rate
+    if config.drop_path_rate:
+        kwargs["drop_path_rate"] = config.drop_path_rate
+    if features_only:
+        kwargs["features_only"] = True
+        if out_indices is not None:
+            kwargs["out_indices"] = tuple(out_indices)
+    else:
+        kwargs["num_classes"] = 0
+
+    # User arguments, minus what only this build needs, become the spec's extra_kwargs.
+    spec_kwargs = dict(config.extra_kwargs)
+    spec_source = config.source
+    if source in ("hf-hub", "local-dir"):
+        if source == "hf-hub":
+            folder = resolve_hub_folder(ident, pretrained=config.pretrained)
+        else:
+            folder = Path(ident).expanduser()
+            if not (folder / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"{config.model_name!r}: {folder / 'config.json'} not found; a local-dir: folder needs timm's "
+                    "config.json (and model.safetensors for pretrained=True), as written by timm's save_for_hf."
+                )
+        architecture, model_args, data = _local_dir_config(folder)
+        spec_kwargs = {**model_args, **spec_kwargs}
+        overlay = {**data, **spec_kwargs.get("pretrained_cfg_overlay", {})}
+        spec_kwargs["pretrained_cfg_overlay"] = overlay
+        spec_name, spec_source = architecture, config.model_name
+        model = timm.create_model(f"local-dir:{folder}", pretrained=config.pretrained, **kwargs)
+    else:
+        if config.pretrained:
+            weights = resolve_timm_weights(ident)
+            if weights is not None:
+                kwargs["pretrained_cfg_overlay"] = {**kwargs.get("pretrained_cfg_overlay", {}), **weights}
+                spec_source = spec_source or config.model_name
+        spec_name = config.model_name
+        model = timm.create_model(ident, pretrained=config.pretrained, **kwargs)
+
+    spec = replace(config, model_name=spec_name, pretrained=False, extra_kwargs=spec_kwargs, source=spec_source)
+    return TimmBackbone(model, features_only=features_only, backbone_spec=_jsonable(spec.to_dict()))
