@@ -5,6 +5,7 @@ timm architecture, its saved model arguments and its preprocessing, so a trained
 """
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +32,9 @@ class TimmBackbone(nn.Module):
     feature maps, finest first (``feature_channels`` / ``feature_strides`` describe them).
     """
 
-    def __init__(self, model: nn.Module, *, features_only: bool, backbone_spec: dict[str, Any]) -> None:
+    def __init__(
+        self, model: nn.Module, *, features_only: bool, backbone_spec: dict[str, Any], in_chans: int | None = None
+    ) -> None:
         super().__init__()
         import timm.data
 
@@ -45,6 +48,8 @@ class TimmBackbone(nn.Module):
         else:
             self.num_features = int(model.num_features)
         self.data_config: dict[str, Any] = dict(timm.data.resolve_data_config({}, model=model))
+        if in_chans is not None:  # timm reports the pretrained cfg's channels even when the stem was changed
+            self.data_config["input_size"] = (int(in_chans), *self.data_config["input_size"][1:])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         out = self.model(images)
@@ -105,6 +110,13 @@ def create_timm_backbone(
         spec_name, spec_source = architecture, config.model_name
         model = timm.create_model(f"local-dir:{folder}", pretrained=config.pretrained, **kwargs)
     else:
+        if not timm.is_model(ident):
+            close = difflib.get_close_matches(ident, timm.list_models(), n=3)
+            hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+            raise ValueError(
+                f"backbone {ident!r} is not a timm model; {hint}list_backbones('pattern*') lists the names, and "
+                "Hub repos or folders need the 'hf-hub:' or 'local-dir:' prefix."
+            )
         if config.pretrained:
             weights = resolve_timm_weights(ident)
             if weights is not None:
@@ -114,4 +126,6 @@ def create_timm_backbone(
         model = timm.create_model(ident, pretrained=config.pretrained, **kwargs)
 
     spec = replace(config, model_name=spec_name, pretrained=False, extra_kwargs=spec_kwargs, source=spec_source)
-    return TimmBackbone(model, features_only=features_only, backbone_spec=_jsonable(spec.to_dict()))
+    return TimmBackbone(
+        model, features_only=features_only, backbone_spec=_jsonable(spec.to_dict()), in_chans=kwargs.get("in_chans")
+    )
