@@ -52,11 +52,11 @@ class Document:
 def stdlib_files(max_files: int | None = None) -> list[Path]:
     """The standard library's ``.py`` files, sorted, test folders skipped."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = [
-        p
-        for p in sorted(root.rglob("*.py"))
-        if not _STDLIB_SKIP_DIRS.intersection(p.relative_to(root).parts[:-1])
-    ]
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _STDLIB_SKIP_DIRS]  # prune: site-packages alone is huge
+        files.extend(Path(folder) / n for n in names if n.endswith(".py"))
+    files.sort()
     return files[:max_files] if max_files is not None else files
 
 
