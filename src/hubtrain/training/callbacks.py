@@ -1,0 +1,208 @@
+"""Callbacks AutoTrainer adds: a checkpoint that follows the task's monitored metric, and a training-curves plot.
+
+The checkpoint side also fixes a quiet trap in Lightning's file-name template: with metric names such as
+``val/accuracy`` the inserted ``name=value`` part carries a ``/``, which makes a sub-folder out of the file name
+(``best-epoch=03-val/accuracy=0.95.ckpt``). ``slash_safe_filename`` rewrites the template so the name part reads
+``val_accuracy=0.9500`` while the value is still looked up under the real key, so file names carry real values.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_warn
+
+from hubtrain.utils import atomic_path
+
+_GROUP_RE = re.compile(r"(\{.*?)[:\}]")  # the same key pattern Lightning's ModelCheckpoint uses
+
+
+def slash_safe_filename(filename: str | None, auto_insert_metric_name: bool = True) -> str | None:
+    """Return an equivalent checkpoint ``filename`` template whose literal text has no ``/``.
+
+    Use it with ``auto_insert_metric_name=False``: the ``name=`` parts Lightning would insert are spelt out here
+    (``val/accuracy`` -> ``val_accuracy=``) while ``{val/accuracy:.4f}`` still formats the logged value.
+    """
+    if not filename:
+        return filename
+    out = filename
+    if auto_insert_metric_name:
+        keys = sorted({g[1:] for g in _GROUP_RE.findall(filename)}, key=len, reverse=True)
+        for key in keys:
+            # Only the first occurrence of each key gets a name= prefix, exactly as Lightning's str.replace would
+            # for a key that appears once.
+            out = re.sub(r"\{" + re.escape(key) + r"(?=[:\}])", key.replace("/", "_") + "=" + "\x00" + key, out)
+        out = out.replace("\x00", "{")
+    # slashes outside braces would create folders; inside braces they are part of the metric key
+    parts = re.split(r"(\{[^}]*\})", out)
+    return "".join(p if p.startswith("{") else p.replace("/", "_") for p in parts)
+
+
+def template_keys(filename: str | None) -> list[str]:
+    return [g[1:] for g in _GROUP_RE.findall(filename or "")]
+
+
+def make_slash_safe(callback: ModelCheckpoint) -> None:
+    """Rewrite a ``ModelCheckpoint``'s filename template in place (see ``slash_safe_filename``)."""
+    if callback.filename and ("/" in callback.filename):
+        callback.filename = slash_safe_filename(callback.filename, callback.auto_insert_metric_name)
+        callback.auto_insert_metric_name = False
+
+
+class AutoModelCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` that picks its monitor at the first save from an ordered list of candidates.
+
+    The trainer only meets the model at ``fit`` time and cannot know which metrics it will log: a task says
+    ``monitor = ("val/accuracy", "max")``, but without validation data that key never appears; a plain user
+    LightningModule may log ``val/loss``, ``val_loss`` or nothing. The first candidate found in the logged metrics
+    wins; with none, the latest epoch is kept (and, when the candidates came from the task, a warning says so).
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[tuple[str, str]],
+        strict: bool = False,
+        warn_if_missing: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("save_top_k", 1)
+        kwargs.setdefault("save_last", True)
+        super().__init__(monitor=None, **kwargs)
+        self.candidates = [(str(name), str(mode)) for name, mode in candidates]
+        self.strict = strict
+        self.warn_if_missing = warn_if_missing
+        self._resolved = False
+        for _, mode in self.candidates:
+            if mode not in ("min", "max"):
+                raise ValueError(f"checkpoint mode={mode!r} is invalid; use 'min' or 'max'")
+
+    @property
+    def state_key(self) -> str:
+        # Stable across the lazy resolution, so resuming restores best_model_score into the same callback.
+        return self._generate_state_key(
+            monitor="auto:" + "|".join(n for n, _ in self.candidates),
+            every_n_train_steps=self._every_n_train_steps,
+            every_n_epochs=self._every_n_epochs,
+            train_time_interval=self._train_time_interval,
+        )
+
+    def _resolve(self, trainer: pl.Trainer) -> None:
+        if self._resolved or trainer.sanity_checking:
+            return
+        logged = trainer.callback_metrics
+        for name, mode in self.candidates:
+            if name in logged:
+                self.monitor, self.mode = name, mode
+                self.kth_value = torch.tensor(math.inf if mode == "min" else -math.inf)
+                self.filename = slash_safe_filename(f"best-{{epoch:02d}}-{{{name}:.4f}}")
+                self.auto_insert_metric_name = False
+                break
+        else:
+            if self.strict:
+                names = [n for n, _ in self.candidates]
+                raise ValueError(
+                    f"checkpoint_monitor={names[0]!r} was never logged; logged metrics are {sorted(logged)}. "
+                    "Pass one of those as checkpoint_monitor, or log it with self.log()"
+                )
+            if self.candidates and self.warn_if_missing:
+                rank_zero_warn(
+                    f"AutoTrainer: the monitored metric {self.candidates[0][0]!r} was not logged (no validation data?);"
+                    " checkpointing the latest epoch instead"
+                )
+            self.filename = "epoch={epoch:02d}-step={step}"
+            self.auto_insert_metric_name = False
+        self._resolved = True
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._should_save_on_train_epoch_end(trainer):
+            self._resolve(trainer)
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._resolve(trainer)
+        super().on_validation_end(trainer, pl_module)
+
+
+class TrainingCurvesCallback(Callback):
+    """Plot every logged scalar per epoch, train against val, into ``training_curves.png`` in the run directory.
+
+    Values are read from ``trainer.callback_metrics`` (epoch aggregates) after each validation run and after each
+    training epoch, so the plot needs no particular logger.
+    """
+
+    def __init__(self, filename: str = "training_curves.png", dirpath: str | Path | None = None) -> None:
+        self.filename = filename
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.history: dict[str, dict[int, float]] = defaultdict(dict)
+
+    def _record(self, trainer: pl.Trainer, prefixes: tuple[str, ...] | None) -> None:
+        for key, value in trainer.callback_metrics.items():
+            if key.endswith("_step") or not isinstance(value, torch.Tensor) or value.numel() != 1:
+                continue
+            if prefixes is not None and not key.startswith(prefixes):
+                continue
+            self.history[key][trainer.current_epoch] = float(value)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._record(trainer, ("val",))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer, None)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.history:
+            self.save(self.output_path(trainer))
+
+    def output_path(self, trainer: pl.Trainer) -> Path:
+        base = self.dirpath or Path(getattr(trainer, "run_dir", None) or trainer.log_dir or trainer.default_root_dir)
+        return base / self.filename
+
+    def panels(self) -> dict[str, dict[str, dict[int, float]]]:
+        """``{metric: {"train"|"val"|"": {epoch: value}}}`` with ``train/``, ``val_`` and ``_epoch`` spellings merged."""
+        panels: dict[str, dict[str, dict[int, float]]] = defaultdict(dict)
+        for key, series in self.history.items():
+            stage, base = "", key
+            for prefix in ("train/", "val/", "train_", "val_"):
+                if key.startswith(prefix):
+                    stage, base = prefix[:-1], key[len(prefix):]
+                    break
+            if base.endswith("_epoch"):
+                base = base[: -len("_epoch")]
+            # "train/loss_epoch" and a plain "train/loss" describe the same curve; keep the epoch aggregate
+            if stage in panels[base] and not key.endswith("_epoch"):
+                continue
+            panels[base][stage] = series
+        return dict(panels)
+
+    def save(self, path: Path) -> Path:
+        # A bare Figure renders with Agg and leaves pyplot's global backend alone (notebooks keep theirs).
+        from matplotlib.figure import Figure
+
+        panels = self.panels()
+        names = sorted(panels, key=lambda n: (n != "loss", n))  # loss first
+        cols = min(3, len(names))
+        rows = math.ceil(len(names) / cols)
+        fig = Figure(figsize=(4.5 * cols, 3.4 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False)
+        for ax, name in zip(axes.flat, names):
+            for stage, series in sorted(panels[name].items()):
+                epochs = sorted(series)
+                ax.plot(epochs, [series[e] for e in epochs], marker="o", label=stage or name)
+            ax.set_title(name)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        for ax in list(axes.flat)[len(names):]:
+            ax.axis("off")
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        return path

@@ -1,0 +1,110 @@
+"""Loggers as configuration: ``LoggerConfig(backend, params)`` and ``LoggerManager`` that builds Lightning loggers.
+
+Every backend writes inside the run directory unless ``params`` say otherwise, and none of them needs a network:
+MLflow uses a local file store, Weights & Biases runs offline unless you turn that off yourself.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from pytorch_lightning.loggers import Logger
+
+BACKENDS = ("csv", "tensorboard", "mlflow", "wandb")
+
+# backend -> (importable module that proves the package is installed, extra to install)
+_REQUIREMENTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "csv": ((), ""),
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "mlflow": (("mlflow",), "mlflow"),
+    "wandb": (("wandb",), "wandb"),
+}
+
+
+def _check_installed(backend: str) -> None:
+    modules, extra = _REQUIREMENTS[backend]
+    if modules and not any(importlib.util.find_spec(m) is not None for m in modules):
+        raise ImportError(
+            f"LoggerConfig(backend={backend!r}) needs the {modules[0]!r} package; "
+            f'install it with: pip install "hubtrain[{extra}]"'
+        )
+
+
+@dataclass
+class LoggerConfig:
+    """One logger. ``params`` go to the Lightning logger's constructor (``save_dir``, ``name``, ``project``, ...)."""
+
+    backend: str
+    params: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"LoggerConfig: unknown backend={self.backend!r}; use one of {list(BACKENDS)}")
+        if self.params is not None and not isinstance(self.params, dict):
+            raise ValueError(
+                f"LoggerConfig(backend={self.backend!r}): params must be a dict, got {type(self.params).__name__}"
+            )
+
+    def build(self, save_dir: str | Path) -> Logger:
+        """Instantiate the logger; ``save_dir`` (the run directory) is where it writes unless ``params`` say otherwise."""
+        _check_installed(self.backend)
+        params = dict(self.params or {})
+        save_dir = Path(save_dir)
+        if self.backend == "csv":
+            from pytorch_lightning.loggers import CSVLogger
+
+            if "save_dir" not in params:  # straight into the run directory: <run_dir>/metrics.csv
+                params.update(save_dir=str(save_dir), name="", version="")
+            return CSVLogger(**params)
+        if self.backend == "tensorboard":
+            from pytorch_lightning.loggers import TensorBoardLogger
+
+            if "save_dir" not in params:
+                params.update(save_dir=str(save_dir), name="tensorboard", version="")
+            return TensorBoardLogger(**params)
+        if self.backend == "mlflow":
+            from pytorch_lightning.loggers import MLFlowLogger
+
+            if "tracking_uri" not in params:
+                local = Path(params.pop("save_dir", save_dir / "mlruns")).resolve()
+                params["tracking_uri"] = f"file:{local}"
+            params.setdefault("experiment_name", "hubtrain")
+            return MLFlowLogger(**params)
+        # wandb: offline unless the user explicitly asks for something else
+        from pytorch_lightning.loggers import WandbLogger
+
+        if "offline" not in params and "mode" not in params:
+            params["offline"] = True
+        params.setdefault("save_dir", str(save_dir))
+        return WandbLogger(**params)
+
+
+class LoggerManager:
+    """A list of ``LoggerConfig`` (or dicts, or ready Lightning loggers) turned into loggers for one run."""
+
+    def __init__(self, configs: Sequence[LoggerConfig | dict | Logger]) -> None:
+        if isinstance(configs, (LoggerConfig, Logger, dict)):
+            configs = [configs]
+        parsed: list[LoggerConfig | Logger] = []
+        for cfg in configs:
+            if isinstance(cfg, dict):
+                cfg = LoggerConfig(**cfg)
+            if not isinstance(cfg, (LoggerConfig, Logger)):
+                raise ValueError(
+                    f"LoggerManager: expected LoggerConfig, dict or a Lightning Logger, got {type(cfg).__name__}: {cfg!r}"
+                )
+            if isinstance(cfg, LoggerConfig):
+                _check_installed(cfg.backend)  # fail when the trainer is built, not after the first epoch
+            parsed.append(cfg)
+        self.configs = parsed
+
+    def build(self, save_dir: str | Path) -> list[Logger]:
+        return [cfg.build(save_dir) if isinstance(cfg, LoggerConfig) else cfg for cfg in self.configs]
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    def __repr__(self) -> str:
+        return f"LoggerManager({self.configs!r})"

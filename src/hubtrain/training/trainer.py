@@ -1,0 +1,287 @@
+"""``AutoTrainer``: a ``pytorch_lightning.Trainer`` that files every run and checkpoints what the task cares about.
+
+What it adds to Lightning, and nothing else:
+
+* a run directory ``<default_root_dir or "runs">/<run_name or model class>/version_k/`` holding ``metrics.csv``,
+  ``checkpoints/``, ``training_curves.png`` (and ``lr_finder.png`` when tuning), instead of the current folder;
+* a ``ModelCheckpoint`` on the model's own ``monitor`` (``("val/accuracy", "max")`` for a classifier; ``val/loss``
+  or the latest epoch for plain LightningModules) unless you pass one, with file names that carry the real values;
+* ``logger`` may be Lightning loggers, ``LoggerConfig`` objects or a ``LoggerManager``;
+* ``TunerConfig`` runs Lightning's LR finder / batch-size scaler before ``fit``; ``seed`` calls ``seed_everything``.
+
+The trainer knows nothing about tasks beyond the optional ``monitor`` attribute.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
+
+from hubtrain.training.callbacks import (
+    AutoModelCheckpoint,
+    TrainingCurvesCallback,
+    make_slash_safe,
+    template_keys,
+)
+from hubtrain.training.loggers import LoggerConfig, LoggerManager
+from hubtrain.training.tuner import TunerConfig, run_tuner
+
+_VERSION_RE = re.compile(r"^version_(\d+)$")
+
+
+def next_version(folder: Path) -> int:
+    """The next free ``version_k`` under ``folder``, counted the way Lightning's CSVLogger does."""
+    if not folder.is_dir():
+        return 0
+    versions = [int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := _VERSION_RE.match(p.name))]
+    return max(versions) + 1 if versions else 0
+
+
+def _model_monitor(model: pl.LightningModule) -> tuple[str, str] | None:
+    monitor = getattr(model, "monitor", None)
+    if monitor is None:
+        return None
+    if isinstance(monitor, str):
+        return monitor, "min" if "loss" in monitor else "max"
+    name, mode = monitor
+    return str(name), str(mode)
+
+
+class _RunHooks(Callback):
+    """Keeps the run directory identical on every rank and warns about checkpoint names that would read 0."""
+
+    def __init__(self, trainer: "AutoTrainer") -> None:
+        self._trainer = trainer
+        self._warned: set[str] = set()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._trainer._run_dir is not None and trainer.world_size > 1:
+            self._trainer._run_dir = Path(trainer.strategy.broadcast(str(self._trainer._run_dir)))
+
+    def _check_filenames(self, trainer: pl.Trainer) -> None:
+        if trainer.sanity_checking:
+            return
+        available = set(trainer.callback_metrics) | {"epoch", "step"}
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, AutoModelCheckpoint):
+                continue
+            for key in template_keys(cb.filename):
+                if key not in available and key not in self._warned:
+                    self._warned.add(key)
+                    rank_zero_warn(
+                        f"ModelCheckpoint(filename={cb.filename!r}): {key!r} is not a logged metric, so Lightning "
+                        f"writes 0 in its place; logged metrics are {sorted(available)}"
+                    )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_filenames(trainer)
+
+
+LoggerSpec = bool | Logger | LoggerConfig | LoggerManager | Sequence[LoggerConfig | Logger] | None
+
+
+class AutoTrainer(pl.Trainer):
+    """A Lightning ``Trainer`` with run directories, task-aware checkpoints, config-built loggers and tuning.
+
+    Args:
+        max_epochs: epochs to train.
+        accelerator, devices, precision, accumulate_grad_batches, callbacks, enable_checkpointing, fast_dev_run:
+            as in ``pytorch_lightning.Trainer``.
+        logger: ``None``/``True`` for a CSV logger in the run directory, ``False`` for none, or Lightning loggers,
+            ``LoggerConfig`` objects (a list may mix them) or a ``LoggerManager``. A CSV logger writing
+            ``metrics.csv`` into the run directory is always added unless ``logger=False``.
+        tuner_config: LR finder / batch-size scaling before ``fit`` (off unless asked).
+        seed: when given, ``pl.seed_everything(seed, workers=True)`` here, before data and training.
+        default_root_dir: root of the run folders (default ``"runs"``).
+        run_name: folder name under the root (default: the model class name, lower case).
+        checkpoint_monitor, checkpoint_mode: override the model's ``monitor`` for the automatic checkpoint.
+        plot_curves: write ``training_curves.png`` at the end of ``fit``.
+        **trainer_kwargs: anything else ``pytorch_lightning.Trainer`` accepts (``strategy``, ``limit_train_batches``...).
+    """
+
+    def __init__(
+        self,
+        max_epochs: int | None = 10,
+        accelerator: str = "auto",
+        devices: list[int] | str | int = "auto",
+        precision: str | int | None = None,
+        accumulate_grad_batches: int = 1,
+        callbacks: list[Callback] | Callback | None = None,
+        logger: LoggerSpec = None,
+        tuner_config: TunerConfig | None = None,
+        seed: int | None = None,
+        default_root_dir: str | Path | None = None,
+        run_name: str | None = None,
+        checkpoint_monitor: str | None = None,
+        checkpoint_mode: str | None = None,
+        enable_checkpointing: bool = True,
+        fast_dev_run: bool | int = False,
+        plot_curves: bool = True,
+        **trainer_kwargs: Any,
+    ) -> None:
+        if checkpoint_mode is not None and checkpoint_mode not in ("min", "max"):
+            raise ValueError(f"AutoTrainer: checkpoint_mode={checkpoint_mode!r} is invalid; use 'min' or 'max'")
+        if tuner_config is not None and not isinstance(tuner_config, TunerConfig):
+            raise ValueError(f"AutoTrainer: tuner_config must be a TunerConfig, got {type(tuner_config).__name__}")
+        if seed is not None:
+            pl.seed_everything(seed, workers=True)
+
+        self._logger_manager = self._parse_logger(logger)
+        self.tuner_config = tuner_config
+        self.seed = seed
+        self.run_name = run_name
+        self.root_dir = Path(default_root_dir) if default_root_dir is not None else Path("runs")
+        self.checkpoint_monitor = checkpoint_monitor
+        self.checkpoint_mode = checkpoint_mode
+        self._run_dir: Path | None = None
+        self._tuning = False
+        self._fit_prepared = False
+
+        user_callbacks = [] if callbacks is None else [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+        self._user_checkpoints = [cb for cb in user_callbacks if isinstance(cb, ModelCheckpoint)]
+        self._curves = TrainingCurvesCallback() if plot_curves else None
+        own = [_RunHooks(self)] + ([self._curves] if self._curves else [])
+
+        super().__init__(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            precision=precision,
+            accumulate_grad_batches=accumulate_grad_batches,
+            callbacks=user_callbacks + own,
+            default_root_dir=str(self.root_dir),
+            logger=False,  # built per run in _prepare_run, once the run directory is known
+            enable_checkpointing=enable_checkpointing,
+            fast_dev_run=fast_dev_run,
+            **trainer_kwargs,
+        )
+        self._enable_checkpointing = enable_checkpointing
+        # Lightning adds its own default ModelCheckpoint when none is passed; ours replaces it at fit time.
+        self._lightning_default_checkpoints = [
+            cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint) and cb not in self._user_checkpoints
+        ]
+
+    # ------------------------------------------------------------------ run directory and loggers
+    @staticmethod
+    def _parse_logger(logger: LoggerSpec) -> LoggerManager | None:
+        if logger is False:
+            return None
+        if logger is None or logger is True:
+            return LoggerManager([])
+        if isinstance(logger, LoggerManager):
+            return logger
+        if isinstance(logger, (Logger, LoggerConfig, dict)):
+            return LoggerManager([logger])
+        if isinstance(logger, (list, tuple)):
+            return LoggerManager(list(logger))
+        raise ValueError(
+            f"AutoTrainer: logger={logger!r} is not understood; pass False, a Lightning logger, LoggerConfig objects "
+            "(or a list mixing them) or a LoggerManager"
+        )
+
+    @property
+    def run_dir(self) -> Path | None:
+        """``<root>/<name>/version_k`` of this trainer's run (``None`` before the first fit/validate/test/predict)."""
+        return self._run_dir
+
+    @property
+    def default_root_dir(self) -> str:
+        # Lightning writes its own scratch files (LR-finder checkpoints, ...) here: keep them inside the run.
+        if self._run_dir is not None:
+            return str(self._run_dir)
+        return super().default_root_dir
+
+    @property
+    def log_dir(self) -> str | None:
+        if self._run_dir is not None:
+            return str(self._run_dir)
+        return super().log_dir
+
+    def _prepare_run(self, model: pl.LightningModule | None) -> None:
+        if self._run_dir is not None:
+            return
+        model = model if model is not None else self.lightning_module
+        name = self.run_name or (type(model).__name__.lower() if model is not None else "run")
+        parent = self.root_dir / name
+        self._run_dir = parent / f"version_{next_version(parent)}"
+        if self.fast_dev_run:
+            return  # Lightning's fast_dev_run writes nothing; neither do we
+        if rank_zero_only.rank == 0:
+            # Claim the version now so a second trainer in this process counts past it. Other ranks of a
+            # subprocess-launched DDP job may count one further; _RunHooks.setup broadcasts rank 0's choice.
+            self._run_dir.mkdir(parents=True, exist_ok=True)
+        if self._logger_manager is not None:
+            loggers = self._logger_manager.build(self._run_dir)
+            writes_here = any(
+                isinstance(lg, CSVLogger) and Path(lg.log_dir).resolve() == self._run_dir.resolve() for lg in loggers
+            )
+            if not writes_here:
+                loggers.append(CSVLogger(save_dir=str(self._run_dir), name="", version=""))
+            self.loggers = loggers
+
+    def _prepare_checkpoints(self, model: pl.LightningModule) -> None:
+        if self._fit_prepared:
+            return
+        self._fit_prepared = True
+        ckpt_dir = str(self._run_dir / "checkpoints")
+        for cb in self._user_checkpoints:
+            make_slash_safe(cb)
+            if cb.dirpath is None:
+                cb.dirpath = ckpt_dir
+        if self._user_checkpoints or not self._enable_checkpointing:
+            return
+        self.callbacks = [cb for cb in self.callbacks if cb not in self._lightning_default_checkpoints]
+        if self.checkpoint_monitor is not None:
+            mode = self.checkpoint_mode or ("min" if "loss" in self.checkpoint_monitor else "max")
+            checkpoint = AutoModelCheckpoint([(self.checkpoint_monitor, mode)], strict=True, dirpath=ckpt_dir)
+        elif (monitor := _model_monitor(model)) is not None:
+            name, mode = monitor
+            checkpoint = AutoModelCheckpoint([(name, self.checkpoint_mode or mode)], dirpath=ckpt_dir)
+        else:
+            # a plain LightningModule: best val loss if it logs one, else the latest epoch
+            checkpoint = AutoModelCheckpoint([("val/loss", "min"), ("val_loss", "min")], warn_if_missing=False, dirpath=ckpt_dir)
+        self.callbacks.append(checkpoint)  # checkpoints last, as Lightning orders them
+
+    # ------------------------------------------------------------------ entry points
+    def fit(
+        self,
+        model: pl.LightningModule,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: pl.LightningDataModule | None = None,
+        ckpt_path: str | Path | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if self._tuning:  # Lightning's Tuner calls fit() for its searches
+            return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, **kwargs)
+        self._prepare_run(model)
+        self._prepare_checkpoints(model)
+        if self.tuner_config is not None and self.tuner_config.enabled:
+            if ckpt_path is not None:
+                rank_zero_warn("AutoTrainer: tuner_config is skipped when resuming from ckpt_path (the run is already tuned)")
+            else:
+                self._tuning = True
+                try:
+                    self.tuning_results = run_tuner(
+                        self, self.tuner_config, model, train_dataloaders, val_dataloaders, datamodule, self._run_dir
+                    )
+                finally:
+                    self._tuning = False
+        return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, **kwargs)
+
+    def validate(self, model: pl.LightningModule | None = None, *args: Any, **kwargs: Any) -> Any:
+        self._prepare_run(model)
+        return super().validate(model, *args, **kwargs)
+
+    def test(self, model: pl.LightningModule | None = None, *args: Any, **kwargs: Any) -> Any:
+        self._prepare_run(model)
+        return super().test(model, *args, **kwargs)
+
+    def predict(self, model: pl.LightningModule | None = None, *args: Any, **kwargs: Any) -> Any:
+        self._prepare_run(model)
+        return super().predict(model, *args, **kwargs)
