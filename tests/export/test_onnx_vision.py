@@ -1,0 +1,148 @@
+"""ONNX export of vision models: inputs inferred from the model, dynamic batch, 1e-6 agreement, atomic writes."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from hubtrain.export import (
+    ExportVerificationError,
+    export_model_for_deployment,
+    export_to_onnx,
+    export_to_tensorrt,
+    export_to_torchscript,
+    optimize_onnx_model,
+    verify_onnx_model,
+)
+
+
+def test_export_infers_inputs_and_matches_pytorch_at_other_batch_sizes(resnet18_32, resnet18_onnx):
+    session = ort.InferenceSession(str(resnet18_onnx), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert inp.name == "pixel_values" and inp.shape[1:] == [3, 32, 32] and isinstance(inp.shape[0], str)
+    x = torch.randn(5, 3, 32, 32)  # the export example had batch 2
+    (onnx_logits,) = session.run(None, {"pixel_values": x.numpy()})
+    with torch.no_grad():
+        torch_logits = resnet18_32(x).numpy()
+    assert np.abs(onnx_logits - torch_logits).max() <= 1e-6
+    result = verify_onnx_model(resnet18_32, resnet18_onnx)
+    assert result.ok and result.max_abs_error <= 1e-6 and result.tolerance == 1e-6
+    assert [s[0][0] for s in result.shapes] == [1, 3]  # verified at batches the export never saw
+
+
+def test_verification_catches_a_model_that_changed(resnet18_32, resnet18_onnx):
+    changed = copy.deepcopy(resnet18_32)
+    with torch.no_grad():
+        changed.fc.bias.add_(1e-3)
+    with pytest.raises(ExportVerificationError) as info:
+        verify_onnx_model(changed.eval(), resnet18_onnx, example_inputs=torch.randn(2, 3, 32, 32))
+    message = str(info.value)
+    assert "\n" not in message and "max abs error 1.000e-03" in message and "tolerance 1.0e-06" in message
+    assert str(resnet18_onnx) in message
+
+
+class CallCounter(nn.Module):
+    """Multiplies by how often it ran: the export sees 1, later PyTorch calls see 2, 3, ... (a real mismatch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.linear(x) * self.calls
+
+
+def test_failed_verification_writes_nothing_and_says_why_in_one_line(tmp_path):
+    target = tmp_path / "bad.onnx"
+    with pytest.raises(ExportVerificationError) as info:
+        export_to_onnx(CallCounter().eval(), target, example_inputs=torch.randn(2, 4))
+    message = str(info.value)
+    assert "\n" not in message and "max abs error" in message and "tolerance" in message and str(target) in message
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary left behind
+
+
+@pytest.mark.parametrize("level", ["basic", "extended", "all"])
+def test_optimized_models_are_saved_and_agree(resnet18_onnx, level, tmp_path):
+    out = optimize_onnx_model(resnet18_onnx, tmp_path / f"r18.{level}.onnx", level=level)
+    assert out.is_file()
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    plain = ort.InferenceSession(str(resnet18_onnx), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x})[0]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run the saved graph as saved
+    opt = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x})[0]
+    assert np.abs(plain - opt).max() <= 1e-5
+
+
+def test_optimize_rejects_unknown_level_and_missing_file(resnet18_onnx, tmp_path):
+    with pytest.raises(ValueError, match="unknown optimisation level 'fast'"):
+        optimize_onnx_model(resnet18_onnx, tmp_path / "x.onnx", level="fast")
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        optimize_onnx_model(tmp_path / "missing.onnx")
+
+
+def test_torchscript_trace_round_trip(resnet18_32, tmp_path):
+    path = export_to_torchscript(resnet18_32, tmp_path / "r18.pt")
+    loaded = torch.jit.load(str(path))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), resnet18_32(x), atol=1e-6, rtol=0)
+
+
+def test_wrong_model_types_are_named(tmp_path, resnet18_onnx):
+    with pytest.raises(TypeError, match="expects a torch.nn.Module .* got str"):
+        export_to_onnx("resnet18", tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="cannot infer example inputs for Linear"):
+        export_to_onnx(nn.Linear(3, 2), tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="expects an .onnx file"):
+        export_to_tensorrt(_touch(tmp_path / "model.pt"), tmp_path / "m.engine")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def _touch(path):
+    path.write_bytes(b"\0")
+    return path
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where no CUDA GPU is present")
+def test_tensorrt_without_gpu_says_what_is_missing(resnet18_onnx, tmp_path):
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU and the tensorrt package"):
+        export_to_tensorrt(resnet18_onnx, tmp_path / "r18.engine", fp16=True)
+    assert not (tmp_path / "r18.engine").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT export needs a CUDA GPU and TensorRT")
+def test_tensorrt_engine_matches_pytorch(resnet18_32, resnet18_onnx, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT export needs a CUDA GPU and TensorRT (pip install tensorrt)")
+    from hubtrain.export import TensorRTRunner
+
+    engine = export_to_tensorrt(resnet18_onnx, tmp_path / "r18.engine", fp16=False, max_batch_size=8)
+    x = torch.randn(8, 3, 32, 32)
+    (out,) = TensorRTRunner(engine)(x)
+    with torch.no_grad():
+        ref = resnet18_32(x)
+    assert torch.allclose(out.cpu(), ref, atol=1e-3, rtol=1e-3)
+    fp16 = export_to_tensorrt(resnet18_onnx, tmp_path / "r18_fp16.engine", fp16=True, max_batch_size=8)
+    (half,) = TensorRTRunner(fp16)(x)
+    assert (half.float().cpu().argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
+
+
+def test_deployment_pipeline_writes_report_atomically(resnet18_32, tmp_path):
+    out = tmp_path / "deploy"
+    report = export_model_for_deployment(resnet18_32, out, formats=("onnx", "onnx-optimized", "tensorrt"),
+                                         batch_sizes=(1, 2), iters=2, num_threads=1)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["artifacts"]["onnx"]["verification"]["max_abs_error"] <= 1e-6
+    assert (out / "model.onnx").is_file() and (out / on_disk["artifacts"]["onnx-optimized"]["file"]).is_file()
+    if not torch.cuda.is_available():
+        assert "needs a CUDA GPU" in on_disk["artifacts"]["tensorrt"]["skipped"]
+    backends = {(r["backend"], r["batch_size"]) for r in report["benchmark"]["rows"]}
+    assert backends == {(b, n) for b in ("eager", "onnxruntime", "onnxruntime-optimized") for n in (1, 2)}
+    assert all(r["median_ms"] > 0 for r in report["benchmark"]["rows"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
