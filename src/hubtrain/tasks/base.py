@@ -1,0 +1,363 @@
+"""``BaseTask``: what every hubtrain task shares (optimiser, schedule, monitored metric, Hub-ready save/load).
+
+A subclass builds its model (``self.backbone``, a head, ``self.metrics``), then calls
+``self.save_hyperparameters()``. The hyperparameters are made JSON-friendly on the spot: a backbone becomes its
+``backbone_spec`` (the bare architecture, ``pretrained=False``), ``MetricConfig`` objects become dicts. That is
+what lets ``load_from_checkpoint`` and ``from_pretrained`` rebuild the task offline, without pickled code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from ..utils import atomic_path, write_text_atomic
+
+OPTIMIZERS = {"adamw": "torch.optim.AdamW", "adam": "torch.optim.Adam", "sgd": "torch.optim.SGD"}
+SCHEDULERS = ("cosine", "step", "onecycle", "plateau")
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def _import_class(path: str, what: str) -> type:
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(f"{what}={path!r} cannot be imported; give a dotted class path such as 'torch.optim.AdamW'.") from None
+
+
+def _split_spec(spec: str | dict, what: str) -> tuple[str, dict[str, Any]]:
+    """``"adamw"`` / ``"torch.optim.RMSprop"`` / ``{"class": ..., "params": {...}}`` -> (name, kwargs)."""
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        name = spec.pop("class", None) or spec.pop("name", None)
+        if not isinstance(name, str):
+            raise ValueError(f"{what}={spec!r}: a dict needs a 'class' (or 'name') key, e.g. {{'class': 'sgd', 'params': {{'momentum': 0.9}}}}.")
+        return name, {**spec.pop("params", {}), **spec}
+    if not isinstance(spec, str):
+        raise ValueError(f"{what}={spec!r}: give a name, a dotted class path or a dict with 'class' and 'params'.")
+    return spec, {}
+
+
+def to_jsonable(value: Any) -> Any:
+    """Hyperparameters as plain JSON values: dataclasses (``MetricConfig``, ``BackboneConfig``) become dicts."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in dataclasses.fields(value):
+            if not f.init or f.name.startswith("_"):
+                continue
+            item = getattr(value, f.name)
+            out[f.name] = f"{item.__module__}.{item.__qualname__}" if isinstance(item, type) else to_jsonable(item)
+        return out
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value
+
+
+class BaseTask(pl.LightningModule):
+    """Shared machinery of hubtrain tasks.
+
+    Args:
+        lr: peak learning rate (Lightning's LR finder reads and writes ``self.lr``).
+        weight_decay: decoupled weight decay; never applied to biases and normalisation weights.
+        optimizer: ``"adamw"``, ``"adam"``, ``"sgd"``, a dotted ``torch.optim`` class path, or
+            ``{"class": ..., "params": {...}}``.
+        optimizer_kwargs: extra optimiser arguments (``{"momentum": 0.9}``).
+        scheduler: ``"cosine"`` (per step, to zero or ``eta_min``), ``"step"`` (per epoch), ``"onecycle"``
+            (per step), ``"plateau"`` (on the monitored metric), ``None``, or ``{"class": ..., "params": ...,
+            "interval": "epoch"}``.
+        scheduler_kwargs: e.g. ``{"warmup_steps": 100}`` or ``{"warmup_ratio": 0.05}`` (linear warm-up before
+            cosine), ``{"eta_min": 1e-6}``, ``{"step_size": 10, "gamma": 0.1}``, ``{"patience": 3}``.
+    """
+
+    _registry: ClassVar[dict[str, type["BaseTask"]]] = {}
+    pipeline_tag: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        BaseTask._registry[cls.__name__] = cls
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        optimizer: str | dict = "adamw",
+        scheduler: str | dict | None = "cosine",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        scheduler_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not (isinstance(lr, (int, float)) and lr > 0):
+            raise ValueError(f"lr={lr!r}: the learning rate must be a positive number.")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay={weight_decay!r}: must be >= 0.")
+        name, _ = _split_spec(optimizer, "optimizer")
+        if name.lower() not in OPTIMIZERS and "." not in name:
+            raise ValueError(f"optimizer={optimizer!r}: use one of {sorted(OPTIMIZERS)} or a dotted class path such as 'torch.optim.RMSprop'.")
+        if scheduler is not None and not isinstance(scheduler, dict) and str(scheduler).lower() not in (*SCHEDULERS, "none"):
+            raise ValueError(f"scheduler={scheduler!r}: use one of {list(SCHEDULERS)}, None, or a dict with 'class'.")
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.optimizer_spec = optimizer
+        self.scheduler_spec = None if scheduler in (None, "none", "None") else scheduler
+        self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        self.scheduler_kwargs = dict(scheduler_kwargs or {})
+        self.preprocessing: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ hyperparameters
+
+    def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None, logger: bool = True) -> None:
+        """Lightning's ``save_hyperparameters``, then made JSON-friendly and offline-rebuildable (see module doc)."""
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back, logger=logger)
+        spec = getattr(getattr(self, "backbone", None), "backbone_spec", None)
+        if spec is not None:
+            self._hparams["backbone"] = spec
+            if "pretrained" in self._hparams:
+                self._hparams["pretrained"] = False
+        for key in list(self._hparams):
+            self._hparams[key] = to_jsonable(self._hparams[key])
+        self._hparams_initial = type(self._hparams)(dict(self._hparams))
+
+    @property
+    def init_args(self) -> dict[str, Any]:
+        """Arguments that rebuild this task offline (current ``lr`` included, e.g. after the LR finder)."""
+        args = to_jsonable(dict(self.hparams))
+        if "lr" in args:
+            args["lr"] = self.lr
+        return args
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        """The metric checkpoints should follow and its mode; tasks with a better one override this."""
+        return ("val/loss", "min")
+
+    # ------------------------------------------------------------------ optimisation
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        decay, no_decay = [], []
+        for param in self.parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim <= 1 else decay).append(param)
+        if not decay and not no_decay:
+            raise ValueError(f"{type(self).__name__} has no trainable parameters (is everything frozen?).")
+        return [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        name, kwargs = _split_spec(self.optimizer_spec, "optimizer")
+        kwargs = {**kwargs, **self.optimizer_kwargs}
+        cls = _import_class(OPTIMIZERS.get(name.lower(), name), "optimizer")
+        if cls is torch.optim.SGD:
+            kwargs.setdefault("momentum", 0.9)
+        return cls(self._param_groups(), lr=self.lr, **kwargs)
+
+    def _total_steps(self) -> int:
+        trainer = self._trainer
+        steps = trainer.estimated_stepping_batches if trainer is not None else float("inf")
+        if not math.isfinite(steps):
+            raise ValueError("this scheduler needs the run length: set max_epochs or max_steps on the trainer, or scheduler=None.")
+        return max(1, int(steps))
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        if self.scheduler_spec is None:
+            return None
+        name, kwargs = _split_spec(self.scheduler_spec, "scheduler")
+        kwargs = {**kwargs, **self.scheduler_kwargs}
+        interval = kwargs.pop("interval", None)
+        warmup = int(kwargs.pop("warmup_steps", 0))
+        warmup_ratio = float(kwargs.pop("warmup_ratio", 0.0))
+        lname = name.lower()
+        sched = torch.optim.lr_scheduler
+        out: dict[str, Any] = {}
+        if lname == "cosine":
+            total = self._total_steps()
+            warmup = warmup or int(warmup_ratio * total)
+            cosine = sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=kwargs.pop("eta_min", 0.0))
+            if warmup:
+                ramp = sched.LinearLR(optimizer, start_factor=kwargs.pop("warmup_start_factor", 1e-3), total_iters=warmup)
+                scheduler = sched.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+            else:
+                scheduler = cosine
+            out["interval"] = "step"
+        elif lname == "onecycle":
+            total = self._total_steps()
+            pct = (warmup / total) if warmup else (warmup_ratio or kwargs.pop("pct_start", 0.3))
+            scheduler = sched.OneCycleLR(optimizer, max_lr=self.lr, total_steps=total, pct_start=pct, **kwargs)
+            out["interval"] = "step"
+        elif lname == "step":
+            max_epochs = self._trainer.max_epochs if self._trainer is not None else None
+            default_step = max(1, (max_epochs or 30) // 3)
+            scheduler = sched.StepLR(optimizer, step_size=kwargs.pop("step_size", default_step), gamma=kwargs.pop("gamma", 0.1))
+            out["interval"] = "epoch"
+        elif lname == "plateau":
+            metric, mode = self.monitor
+            scheduler = sched.ReduceLROnPlateau(optimizer, mode=mode, **kwargs)
+            out.update(interval="epoch", monitor=metric)
+        else:
+            scheduler = _import_class(name, "scheduler")(optimizer, **kwargs)
+            out["interval"] = "epoch"
+        if interval:
+            out["interval"] = interval
+        return {"scheduler": scheduler, **out}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.build_optimizer()
+        scheduler = self.build_scheduler(optimizer)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # ------------------------------------------------------------------ checkpoints keep the preprocessing
+
+    def on_fit_start(self) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        preprocessing = getattr(datamodule, "preprocessing", None)
+        if isinstance(preprocessing, dict):
+            self.preprocessing = to_jsonable(preprocessing)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.preprocessing is not None:
+            checkpoint["hubtrain_preprocessing"] = self.preprocessing
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.preprocessing = checkpoint.get("hubtrain_preprocessing", self.preprocessing)
+
+    # ------------------------------------------------------------------ Hub-ready folders
+
+    def hub_config(self) -> dict[str, Any]:
+        """Everything besides the weights that a reader needs; subclasses add labels, preprocessing, ..."""
+        from .. import __version__
+
+        config: dict[str, Any] = {
+            "hubtrain_task": type(self).__name__,
+            "hubtrain_version": __version__,
+            "init_args": self.init_args,
+        }
+        spec = getattr(getattr(self, "backbone", None), "backbone_spec", None)
+        if spec is not None:
+            config["backbone"] = spec
+        preprocessing = self.preprocessing or getattr(getattr(self, "backbone", None), "data_config", None)
+        if preprocessing is not None:
+            config["preprocessing"] = to_jsonable(preprocessing)
+        return config
+
+    def known_metrics(self) -> dict[str, float]:
+        """Validation / test metrics of the attached trainer's last run (empty when there was none)."""
+        trainer = self._trainer
+        if trainer is None:
+            return {}
+        out = {}
+        for key, value in trainer.callback_metrics.items():
+            if key.split("/")[0] in ("val", "test") and torch.as_tensor(value).numel() == 1:
+                out[key] = float(value)
+        return out
+
+    def model_card(self, metrics: dict[str, float] | None = None, **card_data: Any) -> Any:
+        """A ``huggingface_hub.ModelCard`` with YAML metadata and, when metrics are known, a results table."""
+        from huggingface_hub import ModelCard, ModelCardData
+
+        config = self.hub_config()
+        spec = config.get("backbone") or {}
+        base_model = (spec.get("source") or "").removeprefix("hf-hub:") or None
+        data = {
+            "library_name": "hubtrain",
+            "tags": ["hubtrain", "pytorch-lightning", *(["timm"] if spec else [])],
+            "pipeline_tag": self.pipeline_tag,
+            "base_model": base_model if base_model and "/" in base_model and ":" not in base_model else None,
+            **card_data,
+        }
+        card_data_obj = ModelCardData(**{k: v for k, v in data.items() if v is not None})
+        name = type(self).__name__
+        params = sum(p.numel() for p in self.parameters())
+        lines = [
+            f"# {name}",
+            "",
+            f"`{name}` model trained with hubtrain: {params:,} parameters"
+            + (f", backbone `{spec.get('model_name')}`" if spec else "")
+            + (f" (from `{spec['source']}`)" if spec.get("source") else "")
+            + ".",
+            "",
+            "## Usage",
+            "",
+            "```python",
+            f"from hubtrain import {name}",
+            "",
+            f"model = {name}.from_pretrained(\"path/or/repo-id\")",
+            "```",
+        ]
+        metrics = metrics if metrics is not None else self.known_metrics()
+        if metrics:
+            lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
+        return ModelCard(f"---\n{card_data_obj.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+
+    def save_pretrained(self, folder: str | os.PathLike, *, metrics: dict[str, float] | None = None, **card_data: Any) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and a ``README.md`` card into ``folder`` (each atomically)."""
+        from safetensors.torch import save_model
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = self.hub_config()
+        text = json.dumps(config, indent=2, sort_keys=False)  # fails here, before any file, if not JSON
+        with atomic_path(folder / WEIGHTS_NAME) as tmp:
+            save_model(self, str(tmp), metadata={"format": "pt", "hubtrain_task": type(self).__name__})
+        write_text_atomic(folder / CONFIG_NAME, text + "\n")
+        write_text_atomic(folder / "README.md", str(self.model_card(metrics, **card_data)))
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder_or_repo_id: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        strict: bool = True,
+        map_location: str | torch.device = "cpu",
+        **overrides: Any,
+    ) -> "BaseTask":
+        """Rebuild a task from a folder written by ``save_pretrained`` or a Hub repo id (cache first, offline-safe).
+
+        ``overrides`` replace saved init arguments (``lr=1e-4``, ``metrics=[...]``). The model is returned in eval mode.
+        """
+        from safetensors.torch import load_model
+
+        folder = Path(folder_or_repo_id).expanduser()
+        if not folder.is_dir():
+            repo = str(folder_or_repo_id)
+            if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
+                raise FileNotFoundError(f"{repo!r} is not a folder; give a save_pretrained folder or a Hub repo id 'org/name'.")
+            from ..backbones.resolve import hub_file
+
+            config_path = hub_file(repo, [CONFIG_NAME], revision=revision, model=repo)
+            weights_path = hub_file(repo, [WEIGHTS_NAME], revision=revision, model=repo)
+            if config_path is None or weights_path is None:
+                raise FileNotFoundError(f"Hub repo {repo!r} lacks {CONFIG_NAME} or {WEIGHTS_NAME}; was it written by save_pretrained?")
+            folder = config_path.parent
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder / name} not found; from_pretrained needs a folder written by save_pretrained.")
+        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        task_name = config.get("hubtrain_task")
+        task_cls = BaseTask._registry.get(task_name) if task_name else None
+        if task_cls is None:
+            raise ValueError(f"{folder / CONFIG_NAME}: hubtrain_task={task_name!r} is not a known hubtrain task.")
+        if cls is not BaseTask and not issubclass(task_cls, cls):
+            raise ValueError(f"{folder} holds a {task_name}, not a {cls.__name__}; load it with {task_name}.from_pretrained.")
+        model = task_cls(**{**config.get("init_args", {}), **overrides})
+        load_model(model, str(folder / WEIGHTS_NAME), strict=strict, device=str(map_location))
+        if "preprocessing" in config:
+            model.preprocessing = config["preprocessing"]
+        return model.eval()

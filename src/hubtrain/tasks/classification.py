@@ -1,0 +1,164 @@
+"""``ImageClassifier``: any backbone + a linear head, as in AutoTimm.
+
+Metrics see probabilities (softmax, or sigmoid for multi-label), never argmax labels, so AUROC, top-k accuracy
+and calibration error work out of the box.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbones import create_backbone
+from ..metrics import MetricConfig, MetricManager, default_classification_metrics
+from .base import BaseTask
+
+
+class ImageClassifier(BaseTask):
+    """Image classification with a timm or transformers backbone.
+
+    Args:
+        backbone: anything ``create_backbone`` takes: a timm name, ``"hf-hub:org/name"``, ``"local-dir:/path"``,
+            a ``BackboneConfig`` (or its dict), a transformers model / config / ``"hf:"`` name.
+        num_classes: number of classes (labels, for ``multi_label``).
+        multi_label: independent sigmoid outputs and BCE loss instead of softmax and cross-entropy.
+        metrics: ``MetricConfig`` list (or dicts); ``None`` gives accuracy (+ macro F1 and top-5 on val/test).
+        lr, weight_decay, optimizer, scheduler, optimizer_kwargs, scheduler_kwargs: see ``BaseTask``.
+        label_smoothing: cross-entropy label smoothing (or BCE target smoothing for multi-label).
+        head_dropout: dropout before the linear head.
+        freeze_backbone: train the head only; the frozen backbone also stays in eval mode (fixed BN statistics).
+        compile_model: ``torch.compile`` the forward pass. Off by default: on CPU it costs far more than it saves.
+        class_names: names for the outputs, written to ``config.json`` (``id2label``) on ``save_pretrained``.
+        pretrained: override the backbone's ``pretrained`` flag (``None`` keeps it; a bare name means ``True``).
+    """
+
+    pipeline_tag = "image-classification"
+
+    def __init__(
+        self,
+        backbone: Any,
+        num_classes: int,
+        multi_label: bool = False,
+        metrics: Sequence[MetricConfig | dict] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        optimizer: str | dict = "adamw",
+        scheduler: str | dict | None = "cosine",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        scheduler_kwargs: dict[str, Any] | None = None,
+        label_smoothing: float = 0.0,
+        head_dropout: float = 0.0,
+        freeze_backbone: bool = False,
+        compile_model: bool = False,
+        class_names: Sequence[str] | None = None,
+        pretrained: bool | None = None,
+    ) -> None:
+        if not isinstance(num_classes, int) or num_classes < (1 if multi_label else 2):
+            raise ValueError(f"num_classes={num_classes!r}: a classifier needs at least {1 if multi_label else 2} classes.")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}; give one name per class.")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing!r}: must lie in [0, 1).")
+        if not 0.0 <= head_dropout < 1.0:
+            raise ValueError(f"head_dropout={head_dropout!r}: must lie in [0, 1).")
+        super().__init__(
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            optimizer_kwargs=optimizer_kwargs,
+            scheduler_kwargs=scheduler_kwargs,
+        )
+        self.num_classes = num_classes
+        self.multi_label = multi_label
+        self.label_smoothing = label_smoothing
+        self.class_names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
+        self.freeze_backbone = freeze_backbone
+
+        self.backbone = create_backbone(backbone, pretrained=pretrained)
+        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.backbone.num_features, num_classes))
+        self.metrics = MetricManager(
+            metrics if metrics is not None else default_classification_metrics(num_classes, multi_label), num_classes
+        )
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+        # A compiled function, not a compiled module: parameter names (and so checkpoints) stay the same.
+        self._compiled = torch.compile(self._logits) if compile_model else None
+        self.save_hyperparameters()
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        has_val_accuracy = any(c.name == "accuracy" for c in self.metrics.configs_for("val"))
+        return ("val/accuracy", "max") if has_val_accuracy else ("val/loss", "min")
+
+    def train(self, mode: bool = True) -> "ImageClassifier":
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def _logits(self, images: Tensor) -> Tensor:
+        return self.head(self.backbone(images))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)``."""
+        return self._compiled(images) if self._compiled is not None else self._logits(images)
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        logits = logits.float()
+        return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if self.multi_label:
+            targets = targets.float()
+            if self.label_smoothing:
+                targets = targets * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
+            return F.binary_cross_entropy_with_logits(logits, targets)
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        images, targets = batch[0], batch[1]
+        logits = self(images)
+        loss = self.loss(logits, targets)
+        batch_size = len(images)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.metrics.update(stage, self.probabilities(logits.detach()), targets.long() if self.multi_label else targets)
+        self.metrics.log(self, stage, batch_size=batch_size)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Probabilities ``(B, num_classes)``; the batch may be images or ``(images, labels)``."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.probabilities(self(images))
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """Probabilities for a batch of preprocessed images, computed in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.probabilities(self(images))
+        finally:
+            self.train(was_training)
+
+    def hub_config(self) -> dict[str, Any]:
+        config = super().hub_config()
+        config.update(
+            num_classes=self.num_classes,
+            multi_label=self.multi_label,
+            class_names=self.class_names,
+            id2label={str(i): name for i, name in enumerate(self.class_names)},
+            label2id={name: i for i, name in enumerate(self.class_names)},
+        )
+        return config
