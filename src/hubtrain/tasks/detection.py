@@ -1,0 +1,187 @@
+"""``ObjectDetector``: FCOS on an FPN (P3-P7) over any backbone, scored with COCO mAP.
+
+Batches are ``(images (B, 3, H, W), [{"boxes": (N, 4) xyxy pixels, "labels": (N,)}, ...])`` as produced by
+``hubtrain.data.detection.detection_collate``. Predictions use the same box convention, in the input's pixels.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from hubtrain.backbones import create_backbone
+from hubtrain.metrics import MetricConfig
+from hubtrain.tasks.base import BaseTask
+from hubtrain.tasks.heads.fcos import DEFAULT_REGRESSION_RANGES, FCOSHead, decode, fcos_loss, make_points
+from hubtrain.tasks.heads.fpn import FPN
+
+DETECTION_ARCHS = ("fcos",)
+Targets = Sequence[dict[str, Tensor]]
+
+
+def default_detection_metrics() -> list[MetricConfig]:
+    """COCO mAP (pycocotools backend) on val and test; its scalars are logged as ``{stage}/map``, ``map_50``..."""
+    return [MetricConfig("map", metric_class="torchmetrics.detection.MeanAveragePrecision",
+                         params={"box_format": "xyxy", "iou_type": "bbox", "backend": "pycocotools"},
+                         stages=["val", "test"])]
+
+
+class ObjectDetector(BaseTask):
+    """Anchor-free FCOS detector.
+
+    Args:
+        backbone: anything ``create_backbone`` takes; it must offer feature maps at three consecutive
+            doubling strides (C3-C5, normally 8, 16, 32), the last three of which feed the FPN.
+        num_classes: object classes, background excluded (FCOS learns background as "no class fires").
+        fpn_channels: width of the FPN and of the head towers.
+        regression_ranges: per-level ``(min, max)`` of a location's largest box-side distance (FCOS defaults).
+        score_thresh, nms_thresh, max_detections: decoding; NMS is class-wise (``torchvision.ops.batched_nms``).
+        metrics: ``MetricConfig`` list of detection metrics updated with ``(predictions, targets)`` lists;
+            ``None`` gives COCO mAP. A metric returning a dict has each scalar logged as ``{stage}/<key>``.
+    """
+
+    def __init__(
+        self,
+        backbone: Any = "resnet18",
+        num_classes: int = 80,
+        detection_arch: str = "fcos",
+        fpn_channels: int = 256,
+        head_num_convs: int = 4,
+        regression_ranges: Sequence[Sequence[float]] | None = None,
+        center_sampling_radius: float = 1.5,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.6,
+        max_detections: int = 100,
+        pre_nms_top_n: int = 1000,
+        metrics: Sequence[MetricConfig | dict] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        optimizer: str | dict = "adamw",
+        scheduler: str | dict | None = "cosine",
+        freeze_backbone: bool = False,
+        class_names: Sequence[str] | None = None,
+        pretrained: bool | None = None,
+    ) -> None:
+        if detection_arch not in DETECTION_ARCHS:
+            raise ValueError(f"detection_arch={detection_arch!r} is not supported; use one of {DETECTION_ARCHS}.")
+        if num_classes < 1:
+            raise ValueError(f"num_classes={num_classes}: need at least one object class.")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}.")
+        ranges = [tuple(float(v) for v in r) for r in (regression_ranges or DEFAULT_REGRESSION_RANGES)]
+        if len(ranges) != 5:
+            raise ValueError(f"regression_ranges needs 5 (min, max) pairs, one per level P3-P7; got {len(ranges)}.")
+        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler)
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.regression_ranges = ranges
+        self.center_sampling_radius, self.focal_alpha, self.focal_gamma = center_sampling_radius, focal_alpha, focal_gamma
+        self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
+        self.max_detections, self.pre_nms_top_n = max_detections, pre_nms_top_n
+
+        self.backbone = create_backbone(backbone, pretrained=pretrained, features_only=True)
+        channels, strides = list(self.backbone.feature_channels), list(self.backbone.feature_strides)
+        if len(strides) < 3 or strides[-1] != 2 * strides[-2] or strides[-2] != 2 * strides[-3]:
+            raise ValueError(
+                f"backbone feature strides {strides}: FCOS needs three levels at doubling strides (e.g. 8, 16, 32); "
+                "use a hierarchical backbone (ResNet, ConvNeXt, EfficientNet, Swin...)."
+            )
+        self.fpn = FPN(channels[-3:], strides[-3:], fpn_channels)
+        self.head = FCOSHead(fpn_channels, num_classes, self.fpn.strides, head_num_convs)
+        metric_configs = [MetricConfig(**m) if isinstance(m, dict) else m
+                          for m in (metrics if metrics is not None else default_detection_metrics())]
+        self.metric_configs = metric_configs
+        self.detection_metrics = torch.nn.ModuleDict(
+            {f"{stage}_{cfg.name}": cfg.build() for cfg in metric_configs for stage in cfg.stages if stage != "train"}
+        )
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+        self.save_hyperparameters(ignore=["backbone"] if not isinstance(backbone, (str, dict)) else None)
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        return ("val/map", "max")
+
+    def _raw(self, images: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor], list[int]]:
+        levels = self.fpn(self.backbone(images)[-3:])
+        outputs = self.head(levels)
+        sizes = [tuple(level.shape[-2:]) for level in levels]
+        points = make_points(sizes, self.fpn.strides, self.regression_ranges, images.device)
+        return outputs, points, [h * w for h, w in sizes]
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """Raw per-location outputs flattened over P3-P7: ``cls`` logits (B, P, K), ``ltrb`` (B, P, 4), ``ctr`` (B, P)."""
+        return self._raw(images)[0]
+
+    def _decode(self, outputs: dict[str, Tensor], points: dict[str, Tensor], level_sizes: list[int],
+                image_size: tuple[int, int]) -> list[dict[str, Tensor]]:
+        return decode({k: v.float() for k, v in outputs.items()}, points, level_sizes, image_size,
+                      self.score_thresh, self.nms_thresh, self.max_detections, self.pre_nms_top_n)
+
+    def _step(self, batch: tuple[Tensor, Targets], stage: str) -> Tensor:
+        images, targets = batch
+        outputs, points, level_sizes = self._raw(images)
+        losses = fcos_loss({k: v.float() for k, v in outputs.items()}, points, targets, self.num_classes,
+                           self.focal_alpha, self.focal_gamma, self.center_sampling_radius)
+        loss = losses["loss_cls"] + losses["loss_box"] + losses["loss_ctr"]
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(images))
+        for key in ("loss_cls", "loss_box", "loss_ctr"):
+            self.log(f"{stage}/{key}", losses[key], on_step=False, on_epoch=True, batch_size=len(images))
+        if stage != "train":
+            preds = self._decode(outputs, points, level_sizes, tuple(images.shape[-2:]))
+            for cfg in self.metric_configs:
+                if stage in cfg.stages:
+                    self.detection_metrics[f"{stage}_{cfg.name}"].update(preds, list(targets))
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Targets], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Targets], batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Targets], batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    def _log_metrics(self, stage: str) -> None:
+        for cfg in self.metric_configs:
+            metric = self.detection_metrics[f"{stage}_{cfg.name}"] if stage in cfg.stages else None
+            if metric is None or not metric.update_called:
+                continue
+            result = metric.compute()
+            if isinstance(result, dict):
+                for key, value in result.items():
+                    if isinstance(value, Tensor) and value.numel() == 1 and key != "classes" and not key.endswith("per_class"):
+                        self.log(f"{stage}/{key}", value.float(), prog_bar=key in ("map", "map_50"))
+            else:
+                self.log(f"{stage}/{cfg.name}", result, prog_bar=cfg.prog_bar)
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Tensor]]:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        outputs, points, level_sizes = self._raw(images)
+        return self._decode(outputs, points, level_sizes, tuple(images.shape[-2:]))
+
+    @torch.no_grad()
+    def predict(self, images: Tensor | Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        """One ``{"boxes" (N, 4) xyxy, "scores" (N,), "labels" (N,)}`` per normalised image, in eval mode."""
+        if not isinstance(images, Tensor):
+            images = torch.stack(list(images))
+        if images.ndim == 3:
+            images = images.unsqueeze(0)
+        was_training = self.training
+        self.eval()
+        try:
+            return self.predict_step(images.to(self.device), 0)
+        finally:
+            self.train(was_training)

@@ -1,0 +1,180 @@
+"""``SemanticSegmentor``: any backbone + DeepLabV3+ (or FCN) head, trained and scored at the mask's resolution.
+
+The head predicts at its own output stride (4 for DeepLabV3+, the encoder stride for FCN). Logits are then
+upsampled bilinearly to the *mask's* height and width before the loss and before every metric, so nothing
+is ever compared at a coarse scale. Pixels equal to ``ignore_index`` count in neither.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from hubtrain.backbones import create_backbone
+from hubtrain.metrics import MetricConfig, MetricManager
+from hubtrain.tasks.base import BaseTask
+from hubtrain.tasks.heads.segmentation import DeepLabV3PlusHead, FCNHead
+from hubtrain.tasks.losses import SegmentationLoss
+
+HEAD_TYPES = ("deeplabv3plus", "fcn")
+
+
+def default_segmentation_metrics(num_classes: int, ignore_index: int | None) -> list[MetricConfig]:
+    """mIoU (macro over classes present in prediction or target) and pixel accuracy (micro), on val and test."""
+    common = {"task": "multiclass", "num_classes": num_classes, "ignore_index": ignore_index}
+    return [
+        MetricConfig("mIoU", metric_class="JaccardIndex", params={**common, "average": "macro"},
+                     stages=["val", "test"], prog_bar=True),
+        MetricConfig("pixel_accuracy", metric_class="Accuracy", params={**common, "average": "micro"},
+                     stages=["train", "val", "test"]),
+    ]
+
+
+class SemanticSegmentor(BaseTask):
+    """Semantic segmentation with a timm / transformers backbone.
+
+    Args:
+        backbone: anything ``hubtrain.backbones.create_backbone`` takes (timm name, ``hf-hub:``, ``local-dir:``,
+            ``BackboneConfig``, transformers model / config / ``hf:`` name).
+        num_classes: number of classes, background included.
+        head_type: ``"deeplabv3plus"`` (ASPP + stride-4 decoder) or ``"fcn"``.
+        loss_type: ``"ce"``, ``"dice"``, ``"focal"`` or ``"combined"`` (CE + dice).
+        ignore_index: mask value excluded from loss and metrics (``None`` for none).
+        class_weights: per-class weights for CE / focal.
+        output_stride: encoder stride for timm backbones (16 dilates the last stage, as in DeepLabV3+).
+        metrics: ``MetricConfig`` list; ``None`` gives mIoU and pixel accuracy. Per-class IoU is always logged
+            on val/test as ``{stage}/IoU_<class>``.
+    """
+
+    def __init__(
+        self,
+        backbone: Any = "resnet18",
+        num_classes: int = 2,
+        head_type: str = "deeplabv3plus",
+        loss_type: str = "ce",
+        ignore_index: int | None = 255,
+        class_weights: Sequence[float] | None = None,
+        dice_weight: float = 1.0,
+        focal_gamma: float = 2.0,
+        metrics: Sequence[MetricConfig | dict] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        optimizer: str | dict = "adamw",
+        scheduler: str | dict | None = "cosine",
+        freeze_backbone: bool = False,
+        output_stride: int = 16,
+        aspp_channels: int = 256,
+        decoder_channels: int = 256,
+        low_level_channels: int = 48,
+        head_dropout: float = 0.1,
+        class_names: Sequence[str] | None = None,
+        pretrained: bool | None = None,
+    ) -> None:
+        if head_type not in HEAD_TYPES:
+            raise ValueError(f"head_type={head_type!r} is not supported; use one of {HEAD_TYPES}.")
+        if num_classes < 2:
+            raise ValueError(f"num_classes={num_classes}: segmentation needs at least 2 classes (background included).")
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(f"class_weights has {len(class_weights)} entries but num_classes={num_classes}.")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}.")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride={output_stride}: use 8, 16 or 32.")
+        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler)
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+
+        self.backbone = create_backbone(backbone, pretrained=pretrained, features_only=True,
+                                        **({"output_stride": output_stride} if output_stride != 32 else {}))
+        channels, strides = list(self.backbone.feature_channels), list(self.backbone.feature_strides)
+        if head_type == "deeplabv3plus":
+            # The low-level branch uses the finest map at stride >= 4 (stride 4 for CNNs; ViTs may only have 16).
+            low = next((i for i, s in enumerate(strides) if s >= 4), len(strides) - 1)
+            self.head = DeepLabV3PlusHead(channels, strides, num_classes, low, aspp_channels, low_level_channels,
+                                          decoder_channels, head_dropout)
+        else:
+            self.head = FCNHead(channels, strides, num_classes, dropout=head_dropout)
+        self.encoder_stride = strides[-1]
+        self.criterion = SegmentationLoss(loss_type, ignore_index, class_weights, focal_gamma, 1.0, dice_weight)
+        self.metrics = MetricManager(
+            metrics if metrics is not None else default_segmentation_metrics(num_classes, ignore_index), num_classes
+        )
+        self.per_class_iou = nn.ModuleDict({
+            stage: MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore_index) for stage in ("val", "test")
+        })
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+        self.save_hyperparameters(ignore=["backbone"] if not isinstance(backbone, (str, dict)) else None)
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        return ("val/mIoU", "max")
+
+    @property
+    def output_stride(self) -> int:
+        """Stride of the head's logits relative to the input, before upsampling."""
+        return self.head.output_stride
+
+    def forward_logits(self, images: Tensor) -> Tensor:
+        """Logits at the head's output stride, ``(B, C, H / output_stride, W / output_stride)``."""
+        return self.head(self.backbone(images))
+
+    def forward(self, images: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
+        """Logits ``(B, C, H, W)`` upsampled to ``output_size`` (default: the input's size)."""
+        size = tuple(output_size) if output_size is not None else tuple(images.shape[-2:])
+        return F.interpolate(self.forward_logits(images), size=size, mode="bilinear", align_corners=False)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        images, masks = batch
+        logits = self(images, output_size=masks.shape[-2:])
+        loss = self.criterion(logits, masks)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(images))
+        probs = logits.detach().float().softmax(dim=1)
+        self.metrics.update(stage, probs, masks)
+        self.metrics.log(self, stage, batch_size=len(images))
+        if stage in self.per_class_iou:
+            self.per_class_iou[stage].update(probs, masks)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    def _log_per_class(self, stage: str) -> None:
+        metric = self.per_class_iou[stage]
+        if not metric.update_called:
+            return
+        for name, iou in zip(self.class_names, metric.compute()):
+            self.log(f"{stage}/IoU_{name}", iou)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_per_class("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_per_class("test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Per-pixel class maps ``(B, H, W)`` at the input's (or the batch masks') resolution."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        size = batch[1].shape[-2:] if isinstance(batch, (tuple, list)) and len(batch) > 1 else images.shape[-2:]
+        return self(images, output_size=size).argmax(dim=1)
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """Class maps ``(B, H, W)`` for normalised images ``(B, 3, H, W)``, in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(images).argmax(dim=1)
+        finally:
+            self.train(was_training)
