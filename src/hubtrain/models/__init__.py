@@ -1,0 +1,1 @@
+"""Model architectures defined by hubtrain (native Hugging Face `transformers` models)."""

@@ -1,0 +1,145 @@
+"""Configuration of ResNet-BK, a causal language model whose token mixer is a Green's function.
+
+This file imports only transformers: `save_pretrained` copies it next to the weights so that
+`AutoConfig.from_pretrained(folder, trust_remote_code=True)` works without hubtrain installed.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from transformers import PretrainedConfig
+
+
+class ResNetBKConfig(PretrainedConfig):
+    r"""
+    Configuration for [`ResNetBKModel`] and [`ResNetBKForCausalLM`]. Every option has the exact meaning given in
+    section 3 of `docs/design/resnet_bk.md`; none is accepted and ignored (options that only make sense together
+    with another one raise a `ValueError` when set alone).
+
+    Args:
+        vocab_size: number of tokens.
+        d_model: width of the residual stream.
+        n_layers: number of blocks (Green's-function mixer, then mixture-of-experts feed-forward).
+        n_seq: default training context. Not a limit: the scan runs for any length.
+        num_experts, top_k: experts of the feed-forward layer and how many each token uses (`top_k` is an alias
+            of the stored field `num_experts_per_tok`, so that `generate` does not mistake it for sampling top-k).
+        dropout_p: dropout on embeddings and on each residual branch.
+        num_channels: channels of the mixer, each with its own energy E and absorption eta (several memory lengths).
+        channel_dim: value dimensions per channel (the scan's P).
+        ffn_dim: hidden width of each expert (default 2 * d_model).
+        epsilon: lower bound on eta (limiting absorption): eta = epsilon + softplus(rho), so Im z >= epsilon > 0.
+        use_lap: if True (default) eta = epsilon + softplus(rho); if False eta = exp(log_eta) is learned freely.
+        use_mourre: keep each channel's energy inside the band of the free hopping operator,
+            E = 2 (1 - mourre_margin) tanh(e), where waves propagate (long memory) instead of decaying.
+        mourre_margin: fraction of the band edge kept free when `use_mourre` is on.
+        use_birman_schwinger: sandwich the resolvent as K = |V|^{1/2} (H - z)^{-1} V^{1/2} with V the potential.
+        schatten_threshold: with the sandwich on, rescale so that the Ward-identity bound on the Hilbert-Schmidt
+            norm of the causal prefix operator stays <= this value (None disables).
+        use_prime_bump, prime_bump_scale, k_max: add the positional potential
+            scale * sum_{p prime, k <= k_max} log(p) / p^{k/2} * exp(-(i - p^k)^2 / 2) to the diagonal.
+        use_scattering_router, scattering_scale: route each token by its mean scattering phase (parameter-free)
+            instead of a learned top-k router with a load-balancing loss.
+        router_aux_loss_coef: weight of the load-balancing loss of the learned router in the training loss.
+        use_semiseparable, low_rank: add a causal rank-`low_rank` semiseparable term tril(Q K^T) V to the mixer.
+        use_act, act_halt_threshold, act_ponder_weight: adaptive computation time across layers; a token stops
+            being updated once its cumulative halting probability reaches 1 - act_halt_threshold, and
+            act_ponder_weight times the ponder cost is added to the loss.
+        scan_chunk_size: chunk length of the two-level scan (speed only; results do not depend on it).
+        norm_eps: epsilon of the RMS norms.
+        initializer_range: std of the normal initialisation of linear and embedding weights.
+    """
+
+    model_type: ClassVar[str] = "resnet_bk"
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
+    # `top_k` is stored as `num_experts_per_tok`: a field named top_k would be read by `generate` as its
+    # sampling top-k (GenerationConfig.from_model_config copies same-named fields) and silently make sampling greedy.
+    attribute_map: ClassVar[dict[str, str]] = {
+        "hidden_size": "d_model",
+        "num_hidden_layers": "n_layers",
+        "top_k": "num_experts_per_tok",
+    }
+
+    vocab_size: int = 50257
+    d_model: int = 256
+    n_layers: int = 4
+    n_seq: int = 1024
+    num_experts: int = 4
+    num_experts_per_tok: int = 1
+    dropout_p: float = 0.0
+    num_channels: int = 8
+    channel_dim: int = 16
+    ffn_dim: int | None = None
+    use_birman_schwinger: bool = False
+    epsilon: float = 0.05
+    use_mourre: bool = False
+    mourre_margin: float = 0.1
+    use_lap: bool = True
+    schatten_threshold: float | None = None
+    use_scattering_router: bool = False
+    scattering_scale: float = 0.5
+    router_aux_loss_coef: float = 0.01
+    use_prime_bump: bool = False
+    prime_bump_scale: float = 0.02
+    k_max: int = 3
+    use_semiseparable: bool = False
+    low_rank: int = 16
+    use_act: bool = False
+    act_halt_threshold: float = 0.01
+    act_ponder_weight: float = 0.01
+    scan_chunk_size: int = 16
+    norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        if "top_k" in kwargs:
+            self.num_experts_per_tok = kwargs.pop("top_k")
+        positive_ints = ("vocab_size", "d_model", "n_layers", "n_seq", "num_experts", "top_k", "num_channels",
+                         "channel_dim", "k_max", "low_rank", "scan_chunk_size")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ResNetBKConfig: {name}={value!r} must be a positive integer")
+        if self.ffn_dim is None:
+            self.ffn_dim = 2 * self.d_model
+        elif isinstance(self.ffn_dim, bool) or not isinstance(self.ffn_dim, int) or self.ffn_dim < 1:
+            raise ValueError(f"ResNetBKConfig: ffn_dim={self.ffn_dim!r} must be a positive integer or None")
+        if self.top_k > self.num_experts:
+            raise ValueError(
+                f"ResNetBKConfig: top_k={self.top_k} exceeds num_experts={self.num_experts}; use top_k <= num_experts"
+            )
+        if not self.epsilon > 0:
+            raise ValueError(f"ResNetBKConfig: epsilon={self.epsilon!r} must be > 0 (it bounds Im z away from the real axis)")
+        if not 0.0 <= self.dropout_p < 1.0:
+            raise ValueError(f"ResNetBKConfig: dropout_p={self.dropout_p!r} must be in [0, 1)")
+        if not 0.0 < self.mourre_margin < 1.0:
+            raise ValueError(f"ResNetBKConfig: mourre_margin={self.mourre_margin!r} must be in (0, 1)")
+        if self.schatten_threshold is not None:
+            if not self.schatten_threshold > 0:
+                raise ValueError(f"ResNetBKConfig: schatten_threshold={self.schatten_threshold!r} must be > 0 or None")
+            if not self.use_birman_schwinger:
+                raise ValueError(
+                    "ResNetBKConfig: schatten_threshold bounds the Birman-Schwinger operator; "
+                    "set use_birman_schwinger=True or schatten_threshold=None"
+                )
+        if not self.scattering_scale > 0:
+            raise ValueError(f"ResNetBKConfig: scattering_scale={self.scattering_scale!r} must be > 0")
+        if not 0.0 < self.act_halt_threshold < 1.0:
+            raise ValueError(f"ResNetBKConfig: act_halt_threshold={self.act_halt_threshold!r} must be in (0, 1)")
+        for name in ("router_aux_loss_coef", "act_ponder_weight", "norm_eps", "initializer_range"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"ResNetBKConfig: {name}={getattr(self, name)!r} must be >= 0")
+        super().__post_init__(**kwargs)
+
+    def _get_generation_parameters(self) -> dict:
+        # `top_k` here is the experts alias, not a sampling parameter that someone set on the model config
+        params = super()._get_generation_parameters()
+        params.pop("top_k", None)
+        return params
+
+
+__all__ = ["ResNetBKConfig"]

@@ -1,0 +1,246 @@
+"""The causal Green's-function scan of ResNet-BK, in real arithmetic.
+
+For one channel, positions i = 1..N, potential a_i, hoppings t_i > 0 (t_i couples i and i+1) and an energy
+z = E + i*eta with eta > 0, the prefix Hamiltonians H^(i) are tridiagonal and
+
+    g_i = 1 / (a_i - z - t_{i-1}^2 g_{i-1})        (g_1 = 1 / (a_1 - z))
+    y_i = g_i (u_i - t_{i-1} y_{i-1})              (y_1 = g_1 u_1)
+
+are the diagonal of (H^(i) - z)^-1 and the resolvent applied to the values, both causal.  Three implementations
+compute the same numbers:
+
+* ``green_scan_reference`` runs the recurrences one position at a time (for tests);
+* ``green_scan`` is the fast default: g as a product of 2x2 transfer matrices and y as a linear recurrence
+  y_i = A_i y_{i-1} + b_i (A_i = -t_{i-1} g_i, b_i = g_i u_i), both evaluated by a two-level associative scan
+  (log-depth doubling inside chunks of ``chunk_size`` positions, then across chunk totals): O(N) work and memory,
+  a handful of tensor ops per layer, and exact gradients from autograd through plain arithmetic;
+* ``green_scan_step`` advances the state (g, y) by one token, for decoding.
+
+Complex numbers are written out as (real, imaginary) pairs of real tensors so the model exports to ONNX.
+Nothing is clamped: |g| <= 1/eta and the Ward identity |y_i| <= ||u_{1..i}|| / eta keep every intermediate finite.
+This file imports only torch: it is copied next to the modeling file when a model is saved.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["green_scan", "green_scan_reference", "green_scan_step"]
+
+GreenState = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+def _check_shapes(a: Tensor, hop: Tensor, z_re: Tensor, z_im: Tensor, u_re: Tensor, u_im: Optional[Tensor]) -> None:
+    if a.dim() != 3 or hop.shape != a.shape:
+        raise ValueError(f"green_scan: a and hop must both be (B, N, H), got {tuple(a.shape)} and {tuple(hop.shape)}")
+    H = a.shape[-1]
+    if z_re.shape != (H,) or z_im.shape != (H,):
+        raise ValueError(f"green_scan: z_re and z_im must be ({H},), got {tuple(z_re.shape)} and {tuple(z_im.shape)}")
+    if u_re.dim() != 4 or u_re.shape[:3] != a.shape:
+        raise ValueError(f"green_scan: u_re must be (B, N, H, P) with (B, N, H) = {tuple(a.shape)}, got {tuple(u_re.shape)}")
+    if u_im is not None and u_im.shape != u_re.shape:
+        raise ValueError(f"green_scan: u_im must match u_re {tuple(u_re.shape)}, got {tuple(u_im.shape)}")
+
+
+def green_scan_step(
+    a: Tensor,
+    hop_prev: Tensor,
+    z_re: Tensor,
+    z_im: Tensor,
+    u_re: Tensor,
+    u_im: Optional[Tensor] = None,
+    state: Optional[GreenState] = None,
+) -> GreenState:
+    """Advance the scan by one position.
+
+    a, hop_prev: (B, H), where hop_prev couples the previous position to this one; u_re, u_im: (B, H, P)
+    (u_im=None means real values); state: (g_re, g_im, y_re, y_im) of the previous position, or None at the
+    first position.  Returns the state at this position, which is also this position's output.
+    """
+    d_re = a - z_re
+    d_im = (-z_im).expand_as(a)
+    if state is not None:
+        g_re, g_im, y_re, y_im = state
+        t2 = hop_prev * hop_prev
+        d_re = d_re - t2 * g_re
+        d_im = d_im - t2 * g_im
+    den = d_re * d_re + d_im * d_im  # >= eta^2 > 0 because Im(d) <= -eta
+    ng_re, ng_im = d_re / den, -d_im / den
+    w_re, w_im = u_re, (u_im if u_im is not None else torch.zeros_like(u_re))
+    if state is not None:
+        t = hop_prev.unsqueeze(-1)
+        w_re = w_re - t * y_re
+        w_im = w_im - t * y_im
+    gr, gi = ng_re.unsqueeze(-1), ng_im.unsqueeze(-1)
+    return ng_re, ng_im, gr * w_re - gi * w_im, gr * w_im + gi * w_re
+
+
+def green_scan_reference(
+    a: Tensor, hop: Tensor, z_re: Tensor, z_im: Tensor, u_re: Tensor, u_im: Optional[Tensor] = None
+) -> GreenState:
+    """The recurrences of the design note, one position at a time.  Slow; the ground truth for tests."""
+    _check_shapes(a, hop, z_re, z_im, u_re, u_im)
+    state: Optional[GreenState] = None
+    outs = []
+    for i in range(a.shape[1]):
+        hop_prev = hop[:, i - 1] if i > 0 else torch.zeros_like(a[:, 0])
+        state = green_scan_step(a[:, i], hop_prev, z_re, z_im, u_re[:, i], None if u_im is None else u_im[:, i], state)
+        outs.append(state)
+    return tuple(torch.stack([o[k] for o in outs], dim=1) for k in range(4))  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fast path: two-level associative scans
+
+
+def _cmatmul(ar: Tensor, ai: Tensor, br: Tensor, bi: Tensor) -> tuple[Tensor, Tensor]:
+    """Complex 2x2 matrix product A @ B on (..., 2, 2) real/imag parts, renormalised to max-abs entry 1.
+
+    Only ratios of the matrix entries are ever used (g = p/q), so dividing by a positive number changes nothing;
+    the normaliser is detached because the result is invariant to it (its exact derivative contribution is zero).
+    """
+    a_r, a_i = ar.unsqueeze(-1), ai.unsqueeze(-1)  # (..., i, j, 1)
+    b_r, b_i = br.unsqueeze(-3), bi.unsqueeze(-3)  # (..., 1, j, k)
+    cr = (a_r * b_r - a_i * b_i).sum(-2)
+    ci = (a_r * b_i + a_i * b_r).sum(-2)
+    scale = torch.maximum(cr.abs(), ci.abs()).amax(dim=(-2, -1), keepdim=True).detach()
+    return cr / scale, ci / scale
+
+
+def _shift(x: Tensor, d: int, dim: int, value: float) -> Tensor:
+    """x moved d steps forward along ``dim``, the first d entries filled with ``value`` (one pad op each way)."""
+    pads = [0, 0] * (x.dim() - 1 - dim) + [d, -d]
+    return F.pad(x, pads, value=value)
+
+
+def _matrix_prefix(mr: Tensor, mi: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """Inclusive prefix products P_k = M_k ... M_0 along ``dim`` by log-depth doubling (Hillis-Steele).
+
+    Shifted-in entries are the identity matrix, so the first d entries are left as they are.
+    """
+    n = mr.shape[dim]
+    eye = torch.eye(2, dtype=mr.dtype, device=mr.device)
+    d = 1
+    while d < n:
+        first = (torch.arange(n, device=mr.device) < d).to(mr.dtype).view(n, *([1] * (mr.dim() - 1 - dim)))
+        sr = _shift(mr, d, dim, 0.0) + first * eye
+        si = _shift(mi, d, dim, 0.0)
+        mr, mi = _cmatmul(mr, mi, sr, si)
+        d *= 2
+    return mr, mi
+
+
+def _affine_prefix(
+    ar: Tensor, ai: Tensor, br: Tensor, bi: Optional[Tensor], dim: int
+) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Inclusive scan of x_k = A_k x_{k-1} + b_k (x_{-1} = 0) along ``dim`` by doubling.
+
+    A: (..., L, H) complex scalars, b: (..., L, H, P) complex vectors (bi=None means zero imaginary part).
+    Returns (cumulative A products, x).  Each A-product covers a contiguous segment, so it is a ratio of two
+    Green's-function entries and stays bounded (see the module docstring).
+    """
+    n = ar.shape[dim]
+    d = 1
+    while d < n:
+        qr = _shift(br, d, dim, 0.0)
+        xr, xi = ar.unsqueeze(-1), ai.unsqueeze(-1)
+        if bi is None:
+            br, bi = torch.addcmul(br, xr, qr), xi * qr
+        else:
+            qi = _shift(bi, d, dim, 0.0)
+            br, bi = (
+                torch.addcmul(torch.addcmul(br, xr, qr), xi, qi, value=-1.0),
+                torch.addcmul(torch.addcmul(bi, xr, qi), xi, qr),
+            )
+        pr, pi = _shift(ar, d, dim, 1.0), _shift(ai, d, dim, 0.0)
+        ar, ai = ar * pr - ai * pi, ar * pi + ai * pr
+        d *= 2
+    return ar, ai, br, bi
+
+
+def _shift_right(x: Tensor, dim: int) -> Tensor:
+    """x shifted one step along ``dim`` (position 0 gets zeros): the exclusive predecessor of every element."""
+    return _shift(x, 1, dim, 0.0)
+
+
+def green_scan(
+    a: Tensor,
+    hop: Tensor,
+    z_re: Tensor,
+    z_im: Tensor,
+    u_re: Tensor,
+    u_im: Optional[Tensor] = None,
+    chunk_size: int = 16,
+) -> GreenState:
+    """Green's-function scan for all positions at once.
+
+    Args:
+        a: (B, N, H) potential.  hop: (B, N, H) hopping, hop[:, i] couples positions i and i+1 (hop[:, N-1] unused).
+        z_re, z_im: (H,) energy of each channel, z_im > 0.
+        u_re, u_im: (B, N, H, P) values (u_im=None for real values).
+        chunk_size: positions per chunk of the two-level scan (a speed knob; results do not depend on it).
+    Returns:
+        g_re, g_im: (B, N, H) and y_re, y_im: (B, N, H, P), as defined in section 1 of docs/design/resnet_bk.md.
+    """
+    _check_shapes(a, hop, z_re, z_im, u_re, u_im)
+    if chunk_size < 1:
+        raise ValueError(f"green_scan: chunk_size must be >= 1, got {chunk_size}")
+    B, N, H = a.shape
+    P = u_re.shape[-1]
+    L = min(chunk_size, N)
+    C = -(-N // L)
+    pad = C * L - N
+    t_prev = _shift_right(hop, 1)  # t_prev[:, i] = t_{i-1}, 0 at the first position
+    if pad:  # trailing positions never influence earlier ones (causality), so any padding will do
+        a = torch.cat([a, a.new_zeros(B, pad, H)], 1)
+        t_prev = torch.cat([t_prev, t_prev.new_zeros(B, pad, H)], 1)
+        u_re = torch.cat([u_re, u_re.new_zeros(B, pad, H, P)], 1)
+        if u_im is not None:
+            u_im = torch.cat([u_im, u_im.new_zeros(B, pad, H, P)], 1)
+
+    # --- g: [p_i, q_i] = M_i [p_{i-1}, q_{i-1}], M_i = [[0, 1], [-t_{i-1}^2, a_i - z]], g_i = p_i / q_i
+    zero = torch.zeros_like(a)
+    one = torch.ones_like(a)
+    m_re = torch.stack([torch.stack([zero, one], -1), torch.stack([-(t_prev * t_prev), a - z_re], -1)], -2)
+    m_im = torch.stack([torch.stack([zero, zero], -1), torch.stack([zero, (-z_im).expand_as(a)], -1)], -2)
+    m_re, m_im = m_re.view(B, C, L, H, 2, 2), m_im.view(B, C, L, H, 2, 2)
+    p_re, p_im = _matrix_prefix(m_re, m_im, dim=2)  # within each chunk
+    tot_re, tot_im = _matrix_prefix(p_re[:, :, -1], p_im[:, :, -1], dim=1)  # across chunks: (B, C, H, 2, 2)
+    # state vector [p, q] entering each chunk: (prefix of earlier chunks) @ [0, 1]; [0, 1] itself for chunk 0
+    v_re = _shift_right(tot_re[..., :, 1], 1)
+    v_im = _shift_right(tot_im[..., :, 1], 1)
+    v_re = v_re.clone()
+    v_re[:, 0, :, 1] = 1.0
+    v_re, v_im = v_re[:, :, None, :, None, :], v_im[:, :, None, :, None, :]  # (B, C, 1, H, 1, 2)
+    pq_re = (p_re * v_re - p_im * v_im).sum(-1)  # (B, C, L, H, 2)
+    pq_im = (p_re * v_im + p_im * v_re).sum(-1)
+    pr, pi, qr, qi = pq_re[..., 0], pq_im[..., 0], pq_re[..., 1], pq_im[..., 1]
+    qq = qr * qr + qi * qi
+    g_re = (pr * qr + pi * qi) / qq  # (B, C, L, H)
+    g_im = (pi * qr - pr * qi) / qq
+
+    # --- y: y_i = A_i y_{i-1} + b_i with A_i = -t_{i-1} g_i, b_i = g_i u_i
+    t = t_prev.view(B, C, L, H)
+    A_re, A_im = -t * g_re, -t * g_im
+    ur = u_re.view(B, C, L, H, P)
+    gr, gi = g_re.unsqueeze(-1), g_im.unsqueeze(-1)
+    if u_im is None:
+        b_re, b_im = gr * ur, gi * ur
+    else:
+        ui = u_im.view(B, C, L, H, P)
+        b_re, b_im = gr * ur - gi * ui, gr * ui + gi * ur
+    cA_re, cA_im, loc_re, loc_im = _affine_prefix(A_re, A_im, b_re, b_im, dim=2)
+    # chunk ends: y_end_c = cA_end_c * y_end_{c-1} + loc_end_c, scanned across chunks
+    _, _, end_re, end_im = _affine_prefix(cA_re[:, :, -1], cA_im[:, :, -1], loc_re[:, :, -1], loc_im[:, :, -1], dim=1)
+    yin_re = _shift_right(end_re, 1).unsqueeze(2)  # y entering each chunk: (B, C, 1, H, P)
+    yin_im = _shift_right(end_im, 1).unsqueeze(2)
+    cr, ci = cA_re.unsqueeze(-1), cA_im.unsqueeze(-1)
+    y_re = loc_re + cr * yin_re - ci * yin_im
+    y_im = loc_im + cr * yin_im + ci * yin_re
+
+    g_re, g_im = g_re.reshape(B, C * L, H)[:, :N], g_im.reshape(B, C * L, H)[:, :N]
+    y_re, y_im = y_re.reshape(B, C * L, H, P)[:, :N], y_im.reshape(B, C * L, H, P)[:, :N]
+    return g_re, g_im, y_re, y_im

@@ -1,0 +1,603 @@
+"""ResNet-BK: a causal language model whose token mixer is the resolvent of a tridiagonal Hamiltonian.
+
+Each block is pre-norm and residual: a Green's-function mixer (section 1 of docs/design/resnet_bk.md), then a
+mixture-of-experts feed-forward layer.  The mixer's state after a token is O(1) per layer (g, y per channel, plus
+the running sums of the optional terms), which is what `ResNetBKCache` carries during generation.
+
+This file imports only torch, transformers and its siblings (configuration, scan): `save_pretrained` copies all
+three next to the weights, so `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` works in a
+Python without hubtrain.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_resnet_bk import ResNetBKConfig
+from .green_scan import green_scan, green_scan_step
+
+# ----------------------------------------------------------------------------------------------------------------
+# positional potential and semiseparable term
+
+_PRIME_BUMP_TABLES: dict[tuple[int, int], Tensor] = {}
+_BUMP_RADIUS = 12  # exp(-12^2 / 2) ~ 5e-32: beyond this the Gaussians are zero even in float64
+
+
+def _prime_bump_table(n: int, k_max: int) -> Tensor:
+    """f[i] = sum_{p prime, k <= k_max} log(p) / p^(k/2) * exp(-(i - p^k)^2 / 2) for i = 0..n, in float64."""
+    key = (n, k_max)
+    if key not in _PRIME_BUMP_TABLES:
+        limit = n + _BUMP_RADIUS + 1
+        sieve = torch.ones(limit + 1, dtype=torch.bool)
+        sieve[:2] = False
+        for p in range(2, int(limit**0.5) + 1):
+            if sieve[p]:
+                sieve[p * p :: p] = False
+        weights = torch.zeros(limit + 1, dtype=torch.float64)
+        for p in torch.nonzero(sieve).flatten().tolist():
+            q, k = p, 1
+            while q <= limit and k <= k_max:
+                weights[q] += math.log(p) / p ** (k / 2)
+                q, k = q * p, k + 1
+        d = torch.arange(-_BUMP_RADIUS, _BUMP_RADIUS + 1, dtype=torch.float64)
+        kernel = torch.exp(-0.5 * d * d)
+        padded = F.pad(weights, (_BUMP_RADIUS, _BUMP_RADIUS))
+        table = F.conv1d(padded.view(1, 1, -1), kernel.view(1, 1, -1)).flatten()  # symmetric kernel
+        _PRIME_BUMP_TABLES[key] = table[: n + 1]
+    return _PRIME_BUMP_TABLES[key]
+
+
+def prime_bump_potential(positions: Tensor, k_max: int) -> Tensor:
+    """The prime-bump potential at integer positions (1-based), float64, same shape as ``positions``.
+
+    Computed for any length: the table grows to the largest position asked for (rounded up to a power of two).
+    """
+    n = max(int(positions.max().item()) if positions.numel() else 1, 1)
+    n = 1 << (n - 1).bit_length()
+    return _prime_bump_table(n, k_max).to(positions.device)[positions.long().clamp_min(0)]
+
+
+def semiseparable_scan(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = None, chunk_size: int = 64):
+    """out_i = sum_{j <= i} (q_i . k_j) v_j = (tril(Q K^T) V)_i, in O(N r) with running sums of k_j v_j^T.
+
+    q, k: (B, N, r), v: (B, N, s), state: (B, r, s) sum of k v^T over earlier tokens (or None).
+    Returns (out (B, N, s), new state (B, r, s)).
+    """
+    B, N, r = q.shape
+    s = v.shape[-1]
+    L = min(chunk_size, N)
+    C = -(-N // L)
+    pad = C * L - N
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+    qc, kc, vc = q.view(B, C, L, r), k.view(B, C, L, r), v.view(B, C, L, s)
+    scores = torch.tril(qc @ kc.transpose(-1, -2))
+    intra = scores @ vc
+    chunk_states = kc.transpose(-1, -2) @ vc  # (B, C, r, s)
+    totals = torch.cumsum(chunk_states, dim=1)
+    before = F.pad(totals, (0, 0, 0, 0, 1, -1))  # exclusive: state entering each chunk
+    if state is not None:
+        before = before + state.unsqueeze(1)
+    out = (intra + qc @ before).reshape(B, C * L, s)[:, :N]
+    new_state = totals[:, -1] if state is None else state + totals[:, -1]
+    return out, new_state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# cache
+
+
+class ResNetBKCache:
+    """Recurrent state for generation: O(1) per layer, whatever the context length.
+
+    Per layer: g and y of every channel (real and imaginary parts), and when enabled the semiseparable running
+    sum and the running max / sum of the Schatten bound.  Per row: the number of real tokens seen (positions of
+    the prime-bump potential) and whether the last position was a real token (padding cuts the coupling).
+    """
+
+    is_compileable = False
+
+    def __init__(self, num_layers: int):
+        self.layers: list[Optional[dict[str, Tensor]]] = [None] * num_layers
+        self.positions: Optional[Tensor] = None  # (B,) long
+        self.last_mask: Optional[Tensor] = None  # (B,) float
+        self.seen_tokens = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def _apply(self, fn) -> None:
+        self.layers = [None if st is None else {k: fn(v) for k, v in st.items()} for st in self.layers]
+        if self.positions is not None:
+            self.positions = fn(self.positions)
+            self.last_mask = fn(self.last_mask)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: keep the states of the selected beams."""
+        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self._apply(lambda t: t[indices])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def crop(self, max_length: int) -> None:
+        raise ValueError("ResNetBKCache holds a recurrent state and cannot be cropped; regenerate from the prefix")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# modules
+
+
+class ResNetBKGreenMixer(nn.Module):
+    """Green's-function token mixer: potential, hopping and values from the tokens, resolvent per channel."""
+
+    def __init__(self, config: ResNetBKConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        d, H, P = config.d_model, config.num_channels, config.channel_dim
+        self.num_channels, self.channel_dim = H, P
+        self.in_proj = nn.Linear(d, 2 * H + H * P + d)  # potential, hopping, values, output gate
+        self.energy = nn.Parameter(torch.empty(H))
+        self.rho = nn.Parameter(torch.empty(H))
+        self.out_proj = nn.Linear(H * (2 * P + 2), d)
+        if config.use_semiseparable:
+            r = config.low_rank
+            self.ss_proj = nn.Linear(d, 3 * r, bias=False)
+            self.ss_out = nn.Linear(r, d, bias=False)
+
+    # E spread over [-1, 1] and eta log-spaced from ~0.06 to ~1: several memory lengths from the start
+    def initial_channel_parameters(self) -> tuple[Tensor, Tensor]:
+        c, H = self.config, self.num_channels
+        e0 = torch.linspace(-1.0, 1.0, H) if H > 1 else torch.zeros(1)
+        lo, hi = max(0.06, 1.2 * c.epsilon), max(1.0, 2.0 * c.epsilon)
+        eta0 = torch.logspace(math.log10(lo), math.log10(hi), H) if H > 1 else torch.tensor([lo])
+        energy = torch.atanh(e0 / self.band_edge()) if c.use_mourre else e0
+        rho = torch.log(torch.expm1(eta0 - c.epsilon)) if c.use_lap else torch.log(eta0)
+        return energy, rho
+
+    def band_edge(self) -> float:
+        return 2.0 * (1.0 - self.config.mourre_margin)
+
+    def energy_eta(self) -> tuple[Tensor, Tensor]:
+        """E and eta > 0 of every channel, as section 3 of the design note defines them."""
+        c = self.config
+        energy = self.band_edge() * torch.tanh(self.energy) if c.use_mourre else self.energy
+        eta = c.epsilon + F.softplus(self.rho) if c.use_lap else torch.exp(self.rho)
+        return energy, eta
+
+    def potential(self, a_raw: Tensor, positions: Tensor) -> Tensor:
+        """a = 3 tanh(W_a x / 3), plus the prime-bump potential at the tokens' positions when enabled."""
+        a = 3.0 * torch.tanh(a_raw / 3.0)
+        if self.config.use_prime_bump:
+            bump = prime_bump_potential(positions, self.config.k_max).to(a.dtype)
+            a = a + self.config.prime_bump_scale * bump.unsqueeze(-1)
+        return a
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        mask_prev: Tensor,
+        positions: Tensor,
+        state: Optional[dict[str, Tensor]] = None,
+        return_state: bool = False,
+    ) -> tuple[Tensor, Tensor, Optional[dict[str, Tensor]]]:
+        c = self.config
+        B, N, d = x.shape
+        H, P = self.num_channels, self.channel_dim
+        a_raw, t_raw, v, gate = self.in_proj(x).split([H, H, H * P, d], dim=-1)
+        a = self.potential(a_raw, positions)
+        # coupling between i-1 and i, decided by token i; padding contributes no values and cuts the coupling
+        t = torch.sigmoid(t_raw) * mask_prev.unsqueeze(-1)
+        u = v.reshape(B, N, H, P) * mask[..., None, None]
+        energy, eta = self.energy_eta()
+        if c.use_birman_schwinger:
+            sqrt_v = a.abs().sqrt()
+            u = u * (torch.sign(a) * sqrt_v).unsqueeze(-1)
+
+        if state is None:
+            hop = F.pad(t[:, 1:], (0, 0, 0, 1))  # hop[:, i] couples i and i+1
+            g_re, g_im, y_re, y_im = green_scan(a, hop, energy, eta, u, None, chunk_size=c.scan_chunk_size)
+        else:
+            st = (state["g_re"], state["g_im"], state["y_re"], state["y_im"])
+            outs = []
+            for i in range(N):
+                st = green_scan_step(a[:, i], t[:, i], energy, eta, u[:, i], None, st)
+                outs.append(st)
+            g_re, g_im, y_re, y_im = (torch.stack([o[k] for o in outs], 1) for k in range(4))
+        new_state: Optional[dict[str, Tensor]] = None
+        if return_state:
+            new_state = {"g_re": g_re[:, -1], "g_im": g_im[:, -1], "y_re": y_re[:, -1], "y_im": y_im[:, -1]}
+
+        if c.use_birman_schwinger:
+            y_re, y_im = y_re * sqrt_v.unsqueeze(-1), y_im * sqrt_v.unsqueeze(-1)
+            if c.schatten_threshold is not None:
+                scale, run_max, run_sum = self.schatten_scale(a, g_im, eta, mask, state)
+                y_re, y_im = y_re * scale.unsqueeze(-1), y_im * scale.unsqueeze(-1)
+                if new_state is not None:
+                    new_state["bs_max"], new_state["bs_sum"] = run_max[:, -1], run_sum[:, -1]
+
+        # the Ward identity bounds eta * |y| by the value norm and eta * |g| by 1
+        e = eta.unsqueeze(-1)
+        feats = torch.cat([y_re * e, y_im * e, (g_re * eta).unsqueeze(-1), (g_im * eta).unsqueeze(-1)], dim=-1)
+        out = self.out_proj(feats.reshape(B, N, H * (2 * P + 2)))
+        if c.use_semiseparable:
+            r = c.low_rank
+            q, k, vv = self.ss_proj(x).split([r, r, r], dim=-1)
+            k = k * mask.unsqueeze(-1)
+            ss, ss_state = semiseparable_scan(q * r**-0.5, k, vv, None if state is None else state["ss"])
+            out = out + self.ss_out(ss)
+            if new_state is not None:
+                new_state["ss"] = ss_state
+        out = out * F.silu(gate)
+        phase = torch.atan2(g_im, g_re).mean(-1)  # mean scattering phase over channels, in (0, pi)
+        return out, phase, new_state
+
+    def schatten_scale(
+        self, a: Tensor, g_im: Tensor, eta: Tensor, mask: Tensor, state: Optional[dict[str, Tensor]]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-position factor s_i <= 1 so that s_i * ||K^(i)||_HS <= schatten_threshold (causal prefix operator).
+
+        Row j of the causal sandwich K has sum_l |K_jl|^2 <= |V_j| max_{l<=j}|V_l| Im(g_j) / eta (Ward identity),
+        so ||K^(i)||_HS^2 <= max_{j<=i}|V_j| * sum_{j<=i} |V_j| Im(g_j) / eta.  Running max and sum keep it O(1).
+        """
+        thr2 = float(self.config.schatten_threshold) ** 2
+        v_abs = a.abs() * mask.unsqueeze(-1)
+        run_max = torch.cummax(v_abs, dim=1).values
+        run_sum = torch.cumsum(v_abs * g_im, dim=1)
+        if state is not None:
+            run_max = torch.maximum(run_max, state["bs_max"].unsqueeze(1))
+            run_sum = run_sum + state["bs_sum"].unsqueeze(1)
+        bound2 = run_max * run_sum / eta
+        scale = torch.sqrt(thr2 / torch.maximum(bound2, bound2.new_tensor(thr2)))
+        return scale, run_max, run_sum
+
+
+class ResNetBKMoE(nn.Module):
+    """Mixture-of-experts feed-forward layer (SiLU MLP experts) with a learned or a scattering-phase router."""
+
+    def __init__(self, config: ResNetBKConfig):
+        super().__init__()
+        self.config = config
+        E, d, f = config.num_experts, config.d_model, config.ffn_dim
+        self.w_in = nn.Parameter(torch.empty(E, d, f))
+        self.w_out = nn.Parameter(torch.empty(E, f, d))
+        if not config.use_scattering_router:
+            self.router = nn.Linear(d, E, bias=False)
+
+    def route(self, x: Tensor, phase: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns (weights (T, k), expert indices (T, k), load-balancing loss) for the flattened tokens."""
+        c = self.config
+        E, k = c.num_experts, c.top_k
+        if c.use_scattering_router:
+            centres = math.pi * (torch.arange(E, device=x.device, dtype=x.dtype) + 0.5) / E
+            logits = -((phase.reshape(-1, 1) - centres) ** 2) / c.scattering_scale**2
+            top_logits, top_idx = logits.topk(k, dim=-1)
+            return torch.softmax(top_logits, dim=-1), top_idx, x.new_zeros(())
+        probs = torch.softmax(self.router(x), dim=-1)
+        top_p, top_idx = probs.topk(k, dim=-1)
+        # Switch-Transformer balance loss over real tokens: E * sum_e (fraction routed to e) * (mean prob of e)
+        m = mask.reshape(-1, 1)
+        n_real = m.sum().clamp_min(1.0)
+        routed = torch.zeros_like(probs).scatter_(1, top_idx, 1.0)
+        frac = (routed * m).sum(0) / (n_real * k)
+        mean_p = (probs * m).sum(0) / n_real
+        return top_p, top_idx, E * (frac * mean_p).sum()
+
+    def forward(self, x: Tensor, phase: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        B, N, d = x.shape
+        flat = x.reshape(-1, d)
+        weights, idx, aux = self.route(flat, phase, mask)
+        out = torch.zeros_like(flat)
+        for e in range(self.config.num_experts):
+            token, slot = torch.nonzero(idx == e, as_tuple=True)
+            if token.numel() == 0:
+                continue
+            h = F.silu(flat[token] @ self.w_in[e]) @ self.w_out[e]
+            out = out.index_add(0, token, h * weights[token, slot].unsqueeze(-1))
+        return out.view(B, N, d), aux
+
+
+class ResNetBKBlock(nn.Module):
+    """Pre-norm residual block: Green's-function mixer, then mixture-of-experts feed-forward."""
+
+    def __init__(self, config: ResNetBKConfig, layer_idx: int):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mixer = ResNetBKGreenMixer(config, layer_idx)
+        self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.moe = ResNetBKMoE(config)
+        self.drop = nn.Dropout(config.dropout_p)
+        if config.use_act:
+            self.halt = nn.Linear(config.d_model, 1)
+
+    def forward(self, h, mask, mask_prev, positions, state=None, return_state=False):
+        m, phase, new_state = self.mixer(self.norm1(h), mask, mask_prev, positions, state, return_state)
+        h = h + self.drop(m)
+        f, aux = self.moe(self.norm2(h), phase, mask)
+        h = h + self.drop(f)
+        halt_p = torch.sigmoid(self.halt(h)).squeeze(-1) if hasattr(self, "halt") else None
+        return h, new_state, aux, halt_p
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hugging Face models
+
+
+@dataclass
+class ResNetBKModelOutput(BaseModelOutputWithPast):
+    """Adds the mixture-of-experts balance loss and the adaptive-computation statistics."""
+
+    aux_loss: Optional[torch.FloatTensor] = None
+    ponder_cost: Optional[torch.FloatTensor] = None
+    act_mean_layers: Optional[torch.FloatTensor] = None
+
+
+@dataclass
+class ResNetBKCausalLMOutput(CausalLMOutputWithPast):
+    """`loss` is what training minimises: `lm_loss` + router_aux_loss_coef * aux_loss + act_ponder_weight * ponder_cost."""
+
+    lm_loss: Optional[torch.FloatTensor] = None
+    aux_loss: Optional[torch.FloatTensor] = None
+    ponder_cost: Optional[torch.FloatTensor] = None
+    act_mean_layers: Optional[torch.FloatTensor] = None
+
+
+class ResNetBKPreTrainedModel(PreTrainedModel):
+    config_class = ResNetBKConfig
+    config: ResNetBKConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ResNetBKBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _is_stateful = True  # a recurrent state cannot be rolled back (no assisted generation)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the model builds its own ResNetBKCache
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, ResNetBKGreenMixer):
+            energy, rho = module.initial_channel_parameters()
+            init.copy_(module.energy, energy)
+            init.copy_(module.rho, rho)
+        elif isinstance(module, ResNetBKMoE):
+            init.normal_(module.w_in, mean=0.0, std=std)
+            init.normal_(module.w_out, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers))
+        elif isinstance(module, ResNetBKBlock) and hasattr(module, "halt"):
+            init.constant_(module.halt.bias, -2.0)  # halting probability starts small: tokens use several layers
+
+
+class ResNetBKModel(ResNetBKPreTrainedModel):
+    def __init__(self, config: ResNetBKConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, config.pad_token_id)
+        self.drop = nn.Dropout(config.dropout_p)
+        self.layers = nn.ModuleList(ResNetBKBlock(config, i) for i in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[ResNetBKCache] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        use_cache: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> ResNetBKModelOutput | tuple:
+        """Runs the blocks on the new tokens, continuing from `past_key_values` when given.
+
+        attention_mask: (B, past + N) or (B, N), 1 for real tokens; padding contributes nothing and cuts the
+        coupling, so left padding changes no output of the real tokens.  position_ids (0-based, as `generate`
+        makes them) place the prime-bump potential; by default positions count the real tokens.
+        """
+        c = self.config
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
+        return_dict = return_dict if return_dict is not None else c.return_dict
+        use_cache = use_cache if use_cache is not None else (c.use_cache and not self.training)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("ResNetBKModel: pass exactly one of input_ids or inputs_embeds")
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False  # checkpointed blocks recompute; a cache is for generation
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, N, _ = h.shape
+        if past_key_values is not None and not isinstance(past_key_values, ResNetBKCache):
+            raise ValueError(
+                f"ResNetBKModel: past_key_values must be a ResNetBKCache, got {type(past_key_values).__name__}"
+            )
+        cache = past_key_values
+        if cache is None and use_cache:
+            cache = ResNetBKCache(c.n_layers)
+        past = cache.seen_tokens if cache is not None else 0
+
+        if attention_mask is None:
+            mask = h.new_ones(B, N)
+        elif attention_mask.dim() != 2 or attention_mask.shape[1] not in (N, past + N):
+            raise ValueError(
+                f"ResNetBKModel: attention_mask must be (batch, {N}) or (batch, {past + N}), "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        else:
+            mask = attention_mask[:, -N:].to(h.dtype)
+        first_prev = cache.last_mask if cache is not None and cache.last_mask is not None else mask.new_zeros(B)
+        mask_prev = torch.cat([first_prev.view(B, 1).to(mask.dtype), mask[:, :-1]], dim=1)
+        seen = cache.positions if cache is not None and cache.positions is not None else None
+        if position_ids is not None:
+            positions = position_ids.expand(B, N).long() + 1
+        else:
+            positions = torch.cumsum(mask, 1).long()
+            if seen is not None:
+                positions = positions + seen.view(B, 1)
+
+        h = self.drop(h)
+        all_hidden = (h,) if output_hidden_states else None
+        aux_total = h.new_zeros(())
+        act = c.use_act
+        if act:
+            running = torch.ones(B, N, dtype=torch.bool, device=h.device)
+            cum = h.new_zeros(B, N)
+            layers_used = h.new_zeros(B, N)
+            remainder = h.new_ones(B, N)
+        for i, block in enumerate(self.layers):
+            state = cache.layers[i] if cache is not None else None
+            if self.gradient_checkpointing and self.training:
+                new_h, new_state, aux, halt_p = self._gradient_checkpointing_func(
+                    block.__call__, h, mask, mask_prev, positions, None, False
+                )
+            else:
+                new_h, new_state, aux, halt_p = block(h, mask, mask_prev, positions, state, cache is not None)
+            if cache is not None:
+                cache.layers[i] = new_state
+            aux_total = aux_total + aux
+            if act:
+                # Graves (2016): a token is updated until its cumulative halting probability reaches 1 - threshold
+                run_f = running.to(h.dtype)
+                h = torch.where(running.unsqueeze(-1), new_h, h)
+                layers_used = layers_used + run_f
+                new_cum = cum + halt_p * run_f
+                halts = running & (new_cum >= 1.0 - c.act_halt_threshold)
+                if i == len(self.layers) - 1:
+                    halts = running
+                remainder = torch.where(halts, 1.0 - cum, remainder)
+                cum = torch.where(halts, cum, new_cum)
+                running = running & ~halts
+            else:
+                h = new_h
+            if output_hidden_states and i < len(self.layers) - 1:
+                all_hidden = all_hidden + (h,)
+        h = self.norm(h)
+        if output_hidden_states:
+            all_hidden = all_hidden + (h,)
+
+        if cache is not None:
+            cache.positions = mask.sum(1).long() + (seen if seen is not None else 0)
+            cache.last_mask = mask[:, -1]
+            cache.seen_tokens += N
+
+        ponder = mean_layers = None
+        if act:
+            n_real = mask.sum().clamp_min(1.0)
+            ponder = ((layers_used + remainder) * mask).sum() / n_real
+            mean_layers = (layers_used * mask).sum() / n_real
+        aux_loss = aux_total / len(self.layers)
+        out = ResNetBKModelOutput(
+            last_hidden_state=h,
+            past_key_values=cache if use_cache else None,
+            hidden_states=all_hidden,
+            aux_loss=aux_loss,
+            ponder_cost=ponder,
+            act_mean_layers=mean_layers,
+        )
+        return out if return_dict else out.to_tuple()
+
+
+class ResNetBKForCausalLM(ResNetBKPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: ResNetBKConfig):
+        super().__init__(config)
+        self.model = ResNetBKModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.loss_type = "ForCausalLM"
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[ResNetBKCache] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        logits_to_keep: int = 0,
+        **kwargs: Any,
+    ) -> ResNetBKCausalLMOutput | tuple:
+        """Causal LM forward.  With `labels` (-100 = ignored) the loss is the next-token cross-entropy plus the
+        weighted router balance loss and ponder cost (the cross-entropy alone is `lm_loss`)."""
+        c = self.config
+        return_dict = return_dict if return_dict is not None else c.return_dict
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        h = out.last_hidden_state
+        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        loss = lm_loss = None
+        if labels is not None:
+            lm_loss = self.loss_function(logits, labels, c.vocab_size, num_items_in_batch=kwargs.get("num_items_in_batch"))
+            loss = lm_loss
+            if not c.use_scattering_router:
+                loss = loss + c.router_aux_loss_coef * out.aux_loss
+            if c.use_act:
+                loss = loss + c.act_ponder_weight * out.ponder_cost
+        result = ResNetBKCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            lm_loss=lm_loss,
+            aux_loss=out.aux_loss,
+            ponder_cost=out.ponder_cost,
+            act_mean_layers=out.act_mean_layers,
+        )
+        return result if return_dict else result.to_tuple()
+
+
+__all__ = [
+    "ResNetBKCache",
+    "ResNetBKForCausalLM",
+    "ResNetBKModel",
+    "ResNetBKPreTrainedModel",
+    "ResNetBKBlock",
+    "prime_bump_potential",
+    "semiseparable_scan",
+]
