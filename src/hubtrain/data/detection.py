@@ -22,24 +22,17 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from hubtrain.data.segmentation import IMAGENET_MEAN, IMAGENET_STD, as_hw, read_rgb
+from hubtrain.data.segmentation import as_hw, dense_transforms, read_rgb
 from hubtrain.data.synthetic import SHAPE_NAMES, make_shape_sample
+from hubtrain.data.transforms import resolve_transform_config
 
 SYNTHETIC_SIZES = {"train": 320, "val": 64, "test": 64}
 Record = dict[str, Any]  # {"path": Path, "boxes": (N,4) float32 xyxy, "labels": (N,) int64}
 
 
-def detection_transforms(image_size: int | Sequence[int], train: bool, mean: Sequence[float],
-                         std: Sequence[float]) -> v2.Compose:
-    geometric: list[v2.Transform] = [v2.Resize(as_hw(image_size), antialias=True)]
-    if train:
-        geometric.append(v2.RandomHorizontalFlip())
-    return v2.Compose([
-        *geometric,
-        v2.SanitizeBoundingBoxes(min_size=1.0),  # drops boxes that a transform squeezed below a pixel
-        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-    ])
+def detection_transforms(config: dict[str, Any], train: bool) -> v2.Compose:
+    # SanitizeBoundingBoxes drops boxes that resizing squeezed below a pixel (and their labels).
+    return dense_transforms(config, train, extra=[v2.SanitizeBoundingBoxes(min_size=1.0)])
 
 
 def detection_collate(batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -233,8 +226,7 @@ class DetectionDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         val_split: float = 0.1,
         augment: bool = True,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        transform_config: Any = None,
         synthetic_sizes: dict[str, int] | None = None,
         seed: int = 42,
     ) -> None:
@@ -254,7 +246,8 @@ class DetectionDataModule(pl.LightningDataModule):
         self.image_size = as_hw(image_size)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.val_split, self.augment, self.seed = val_split, augment, seed
-        self.mean, self.std = tuple(mean), tuple(std)
+        # Normalisation (and resize interpolation) follow the backbone's timm data config when one is given.
+        self.transform_config = resolve_transform_config(transform_config, self.image_size)
         self.synthetic_sizes = {**SYNTHETIC_SIZES, **(synthetic_sizes or {})}
         self.class_names: list[str] | None = list(SHAPE_NAMES) if dataset_name == "synthetic_shapes" else None
         self._label_map: dict | None = None
@@ -302,7 +295,12 @@ class DetectionDataModule(pl.LightningDataModule):
             self._label_map = {name: i for i, name in enumerate(self.class_names)}
 
     def _transform(self, train: bool) -> v2.Compose:
-        return detection_transforms(self.image_size, train and self.augment, self.mean, self.std)
+        return detection_transforms(self.transform_config, train and self.augment)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The evaluation preprocessing as a timm data config (tasks store it in checkpoints and config.json)."""
+        return dict(self.transform_config)
 
     def _dataset(self, split: str, train: bool) -> Dataset | None:
         if self.dataset_name == "synthetic_shapes":

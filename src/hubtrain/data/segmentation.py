@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -17,12 +17,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import tv_tensors
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from hubtrain.data.synthetic import SHAPE_NAMES, make_shape_sample
+from hubtrain.data.transforms import resolve_transform_config
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 SYNTHETIC_SIZES = {"train": 320, "val": 64, "test": 64}
 
@@ -58,15 +57,21 @@ def read_mask(path: str | os.PathLike) -> torch.Tensor:
         raise ValueError(f"cannot read mask {path}: {err}; replace or remove the file.") from err
 
 
-def segmentation_transforms(image_size: int | Sequence[int], train: bool, mean: Sequence[float],
-                            std: Sequence[float]) -> v2.Compose:
-    geometric: list[v2.Transform] = [v2.Resize(as_hw(image_size), antialias=True)]
+def dense_transforms(config: dict[str, Any], train: bool, extra: Sequence[v2.Transform] = ()) -> v2.Compose:
+    """Resize to ``config["input_size"]`` (+ horizontal flip when training), then scale and normalise the image.
+
+    ``transforms.v2`` applies each geometric step to every ``tv_tensor`` in the sample: images with the config's
+    interpolation, masks with nearest neighbour, boxes by their coordinates.
+    """
+    interpolation = InterpolationMode(config.get("interpolation", "bilinear"))
+    geometric: list[v2.Transform] = [v2.Resize(tuple(config["input_size"][1:]), interpolation=interpolation, antialias=True)]
     if train:
         geometric.append(v2.RandomHorizontalFlip())
     return v2.Compose([
         *geometric,
+        *extra,
         v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
+        v2.Normalize(mean=list(config["mean"]), std=list(config["std"])),
     ])
 
 
@@ -202,8 +207,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         ignore_index: int | None = 255,
         val_split: float = 0.1,
         augment: bool = True,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        transform_config: Any = None,
         synthetic_sizes: dict[str, int] | None = None,
         seed: int = 42,
     ) -> None:
@@ -226,7 +230,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.image_size = as_hw(image_size)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.ignore_index, self.val_split, self.augment, self.seed = ignore_index, val_split, augment, seed
-        self.mean, self.std = tuple(mean), tuple(std)
+        # Normalisation (and resize interpolation) follow the backbone's timm data config when one is given.
+        self.transform_config = resolve_transform_config(transform_config, self.image_size)
         self.synthetic_sizes = {**SYNTHETIC_SIZES, **(synthetic_sizes or {})}
         if dataset_name == "synthetic_shapes":
             num_classes = len(SHAPE_NAMES) + 1
@@ -239,8 +244,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
 
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The evaluation preprocessing as a timm data config (tasks store it in checkpoints and config.json)."""
+        return dict(self.transform_config)
+
     def _transform(self, train: bool) -> v2.Compose:
-        return segmentation_transforms(self.image_size, train and self.augment, self.mean, self.std)
+        return dense_transforms(self.transform_config, train and self.augment)
 
     def _pairs(self, split: str) -> list[tuple[Path, Path]] | None:
         if self.format == "csv":

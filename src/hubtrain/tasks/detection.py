@@ -39,7 +39,13 @@ class ObjectDetector(BaseTask):
         score_thresh, nms_thresh, max_detections: decoding; NMS is class-wise (``torchvision.ops.batched_nms``).
         metrics: ``MetricConfig`` list of detection metrics updated with ``(predictions, targets)`` lists;
             ``None`` gives COCO mAP. A metric returning a dict has each scalar logged as ``{stage}/<key>``.
+        lr, weight_decay, optimizer, scheduler, optimizer_kwargs, scheduler_kwargs: see ``BaseTask``.
+        freeze_backbone: train FPN and head only; the frozen backbone stays in eval mode.
+        class_names: written to ``config.json`` (``id2label``).
+        pretrained: override the backbone's ``pretrained`` flag (``None`` keeps it).
     """
+
+    pipeline_tag = "object-detection"
 
     def __init__(
         self,
@@ -61,6 +67,8 @@ class ObjectDetector(BaseTask):
         weight_decay: float = 1e-4,
         optimizer: str | dict = "adamw",
         scheduler: str | dict | None = "cosine",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        scheduler_kwargs: dict[str, Any] | None = None,
         freeze_backbone: bool = False,
         class_names: Sequence[str] | None = None,
         pretrained: bool | None = None,
@@ -74,7 +82,9 @@ class ObjectDetector(BaseTask):
         ranges = [tuple(float(v) for v in r) for r in (regression_ranges or DEFAULT_REGRESSION_RANGES)]
         if len(ranges) != 5:
             raise ValueError(f"regression_ranges needs 5 (min, max) pairs, one per level P3-P7; got {len(ranges)}.")
-        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler)
+        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
+                         optimizer_kwargs=optimizer_kwargs, scheduler_kwargs=scheduler_kwargs)
+        self.freeze_backbone = freeze_backbone
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.regression_ranges = ranges
@@ -99,7 +109,23 @@ class ObjectDetector(BaseTask):
         )
         if freeze_backbone:
             self.backbone.requires_grad_(False)
-        self.save_hyperparameters(ignore=["backbone"] if not isinstance(backbone, (str, dict)) else None)
+        self.save_hyperparameters()
+
+    def train(self, mode: bool = True) -> "BaseTask":
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics too
+        return self
+
+    def hub_config(self) -> dict[str, Any]:
+        config = super().hub_config()
+        config.update(
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            id2label={str(i): name for i, name in enumerate(self.class_names)},
+            label2id={name: i for i, name in enumerate(self.class_names)},
+        )
+        return config
 
     @property
     def monitor(self) -> tuple[str, str]:

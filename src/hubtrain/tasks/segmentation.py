@@ -6,6 +6,8 @@ is ever compared at a coarse scale. Pixels equal to ``ignore_index`` count in ne
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -13,13 +15,31 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from hubtrain.backbones import create_backbone
+from hubtrain.backbones import BackboneConfig, create_backbone
 from hubtrain.metrics import MetricConfig, MetricManager
 from hubtrain.tasks.base import BaseTask
 from hubtrain.tasks.heads.segmentation import DeepLabV3PlusHead, FCNHead
 from hubtrain.tasks.losses import SegmentationLoss
 
 HEAD_TYPES = ("deeplabv3plus", "fcn")
+
+
+def _is_timm_spec(spec: Any) -> bool:
+    """Whether ``spec`` names a timm model, the family that can dilate its last stages (``output_stride``)."""
+    if isinstance(spec, dict):
+        spec = spec.get("model_name")
+    if isinstance(spec, BackboneConfig):
+        spec = spec.model_name
+    if not isinstance(spec, str) or spec.startswith("hf:"):
+        return False
+    if spec.startswith(("hf-hub:", "local-dir:")):
+        return True
+    config = Path(spec).expanduser() / "config.json"
+    if config.is_file():  # a timm save_for_hf folder has "architecture"; a transformers one has "model_type"
+        return "architecture" in json.loads(config.read_text(encoding="utf-8"))
+    import timm
+
+    return timm.is_model(spec)
 
 
 def default_segmentation_metrics(num_classes: int, ignore_index: int | None) -> list[MetricConfig]:
@@ -44,10 +64,18 @@ class SemanticSegmentor(BaseTask):
         loss_type: ``"ce"``, ``"dice"``, ``"focal"`` or ``"combined"`` (CE + dice).
         ignore_index: mask value excluded from loss and metrics (``None`` for none).
         class_weights: per-class weights for CE / focal.
-        output_stride: encoder stride for timm backbones (16 dilates the last stage, as in DeepLabV3+).
+        output_stride: encoder stride for timm backbones (16 dilates the last stage, as in DeepLabV3+);
+            transformers backbones keep their own strides, and the head adapts to the stride they report.
         metrics: ``MetricConfig`` list; ``None`` gives mIoU and pixel accuracy. Per-class IoU is always logged
             on val/test as ``{stage}/IoU_<class>``.
+        lr, weight_decay, optimizer, scheduler, optimizer_kwargs, scheduler_kwargs: see ``BaseTask``.
+        freeze_backbone: train the head only; the frozen backbone stays in eval mode.
+        aspp_channels, decoder_channels, low_level_channels, head_dropout: DeepLabV3+ widths (FCN: dropout only).
+        class_names: written to ``config.json`` (``id2label``) and used for the per-class IoU keys.
+        pretrained: override the backbone's ``pretrained`` flag (``None`` keeps it).
     """
+
+    pipeline_tag = "image-segmentation"
 
     def __init__(
         self,
@@ -64,6 +92,8 @@ class SemanticSegmentor(BaseTask):
         weight_decay: float = 1e-4,
         optimizer: str | dict = "adamw",
         scheduler: str | dict | None = "cosine",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        scheduler_kwargs: dict[str, Any] | None = None,
         freeze_backbone: bool = False,
         output_stride: int = 16,
         aspp_channels: int = 256,
@@ -83,13 +113,16 @@ class SemanticSegmentor(BaseTask):
             raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}.")
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride={output_stride}: use 8, 16 or 32.")
-        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler)
+        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
+                         optimizer_kwargs=optimizer_kwargs, scheduler_kwargs=scheduler_kwargs)
+        self.freeze_backbone = freeze_backbone
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
 
+        dilate = output_stride != 32 and _is_timm_spec(backbone)
         self.backbone = create_backbone(backbone, pretrained=pretrained, features_only=True,
-                                        **({"output_stride": output_stride} if output_stride != 32 else {}))
+                                        **({"output_stride": output_stride} if dilate else {}))
         channels, strides = list(self.backbone.feature_channels), list(self.backbone.feature_strides)
         if head_type == "deeplabv3plus":
             # The low-level branch uses the finest map at stride >= 4 (stride 4 for CNNs; ViTs may only have 16).
@@ -108,7 +141,23 @@ class SemanticSegmentor(BaseTask):
         })
         if freeze_backbone:
             self.backbone.requires_grad_(False)
-        self.save_hyperparameters(ignore=["backbone"] if not isinstance(backbone, (str, dict)) else None)
+        self.save_hyperparameters()
+
+    def train(self, mode: bool = True) -> "BaseTask":
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics too
+        return self
+
+    def hub_config(self) -> dict[str, Any]:
+        config = super().hub_config()
+        config.update(
+            num_classes=self.num_classes,
+            class_names=self.class_names,
+            id2label={str(i): name for i, name in enumerate(self.class_names)},
+            label2id={name: i for i, name in enumerate(self.class_names)},
+        )
+        return config
 
     @property
     def monitor(self) -> tuple[str, str]:
