@@ -59,10 +59,31 @@ def _scan_modules() -> list[types.ModuleType]:
     return found
 
 
+def _moe_forward_without_guard(self, x: Tensor, phase: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """ResNet-BK's sparse MoE forward without the ``if no token chose this expert: continue`` branch.
+
+    That Python branch on a data-dependent count is what ``torch.export`` cannot trace; dropping it changes
+    nothing numerically (an expert nobody chose adds an empty ``index_add``), and each expert still runs only
+    on the tokens routed to it.
+    """
+    import torch.nn.functional as F
+
+    B, N, d = x.shape
+    flat = x.reshape(-1, d)
+    weights, idx, aux = self.route(flat, phase, mask)
+    out = torch.zeros_like(flat)
+    for e in range(self.config.num_experts):
+        token, slot = torch.nonzero(idx == e, as_tuple=True)
+        h = F.silu(flat[token] @ self.w_in[e]) @ self.w_out[e]
+        out = out.index_add(0, token, h * weights[token, slot].unsqueeze(-1))
+    return out.view(B, N, d), aux
+
+
 @contextlib.contextmanager
 def exportable_green_scan() -> Iterator[None]:
-    """Within the block, every reference to ResNet-BK's ``green_scan`` runs the scan-operator form."""
-    patched: list[tuple[types.ModuleType, Callable]] = []
+    """Within the block, ResNet-BK runs in its export form: the scan-operator ``green_scan`` everywhere it is
+    referenced, and the MoE layer without its data-dependent branch. Nothing is changed outside the block."""
+    patched: list[tuple[object, str, Callable]] = []
     try:
         for module in _scan_modules():
             original = module.green_scan
@@ -70,9 +91,14 @@ def exportable_green_scan() -> Iterator[None]:
             step = getattr(defining, "green_scan_step", None)
             if step is None:
                 continue
-            patched.append((module, original))
+            patched.append((module, "green_scan", original))
             module.green_scan = _make_exportable(step)
+        for module in list(sys.modules.values()):
+            moe = getattr(module, "ResNetBKMoE", None)
+            if isinstance(moe, type) and "forward" in vars(moe) and all(moe is not p[0] for p in patched):
+                patched.append((moe, "forward", vars(moe)["forward"]))
+                moe.forward = _moe_forward_without_guard
         yield
     finally:
-        for module, original in patched:
-            module.green_scan = original
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)
