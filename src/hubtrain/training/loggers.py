@@ -1,7 +1,7 @@
 """Loggers as configuration: ``LoggerConfig(backend, params)`` and ``LoggerManager`` that builds Lightning loggers.
 
 Every backend writes inside the run directory unless ``params`` say otherwise, and none of them needs a network:
-MLflow uses a local file store, Weights & Biases runs offline unless you turn that off yourself.
+MLflow uses a local SQLite store in the run directory, Weights & Biases runs offline unless you turn that off yourself.
 """
 from __future__ import annotations
 
@@ -68,8 +68,12 @@ class LoggerConfig:
             from pytorch_lightning.loggers import MLFlowLogger
 
             if "tracking_uri" not in params:
-                local = Path(params.pop("save_dir", save_dir / "mlruns")).resolve()
-                params["tracking_uri"] = f"file:{local}"
+                # A local store in the run directory, no server. MLflow 3 refuses its old file store unless
+                # MLFLOW_ALLOW_FILE_STORE=true, so the local default is its recommended SQLite database.
+                local = Path(params.pop("save_dir", save_dir)).resolve()
+                local.mkdir(parents=True, exist_ok=True)
+                params["tracking_uri"] = f"sqlite:///{local / 'mlflow.db'}"
+                params.setdefault("artifact_location", (local / "mlartifacts").as_uri())
             params.setdefault("experiment_name", "hubtrain")
             return MLFlowLogger(**params)
         # wandb: offline unless the user explicitly asks for something else
