@@ -60,6 +60,7 @@ def run_quickstart(
         "run_dir": str(trainer.run_dir),
         "best_checkpoint": trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None,
         "output_dir": str(out.resolve()),
+        "model": model,
     }
 
 
