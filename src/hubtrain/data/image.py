@@ -10,6 +10,7 @@ Three rules hold in every mode:
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -80,7 +81,9 @@ class HFImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         row = self.dataset[index]
         image = row[self.image_column]
-        if isinstance(image, dict) and image.get("path"):
+        if isinstance(image, dict) and image.get("bytes"):
+            image = load_image(io.BytesIO(image["bytes"]), self.mode)
+        elif isinstance(image, dict) and image.get("path"):
             image = load_image(image["path"], self.mode)
         elif not isinstance(image, Image.Image):
             raise ValueError(f"row {index}: column {self.image_column!r} holds {type(image).__name__}, not an image.")
