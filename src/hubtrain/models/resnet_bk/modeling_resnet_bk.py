@@ -312,6 +312,16 @@ class ResNetBKMoE(nn.Module):
         return out.view(B, N, d), aux
 
 
+class ResNetBKHalting(nn.Linear):
+    """Halting probability of adaptive computation time, p = sigmoid(w . h + b), one per token."""
+
+    def __init__(self, d_model: int):
+        super().__init__(d_model, 1)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.sigmoid(super().forward(h)).squeeze(-1)
+
+
 class ResNetBKBlock(nn.Module):
     """Pre-norm residual block: Green's-function mixer, then mixture-of-experts feed-forward."""
 
@@ -323,14 +333,14 @@ class ResNetBKBlock(nn.Module):
         self.moe = ResNetBKMoE(config)
         self.drop = nn.Dropout(config.dropout_p)
         if config.use_act:
-            self.halt = nn.Linear(config.d_model, 1)
+            self.halt = ResNetBKHalting(config.d_model)
 
     def forward(self, h, mask, mask_prev, positions, state=None, return_state=False):
         m, phase, new_state = self.mixer(self.norm1(h), mask, mask_prev, positions, state, return_state)
         h = h + self.drop(m)
         f, aux = self.moe(self.norm2(h), phase, mask)
         h = h + self.drop(f)
-        halt_p = torch.sigmoid(self.halt(h)).squeeze(-1) if hasattr(self, "halt") else None
+        halt_p = self.halt(h) if hasattr(self, "halt") else None
         return h, new_state, aux, halt_p
 
 
@@ -381,8 +391,8 @@ class ResNetBKPreTrainedModel(PreTrainedModel):
         elif isinstance(module, ResNetBKMoE):
             init.normal_(module.w_in, mean=0.0, std=std)
             init.normal_(module.w_out, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers))
-        elif isinstance(module, ResNetBKBlock) and hasattr(module, "halt"):
-            init.constant_(module.halt.bias, -2.0)  # halting probability starts small: tokens use several layers
+        elif isinstance(module, ResNetBKHalting):
+            init.constant_(module.bias, -2.0)  # halting probability starts small: tokens use several layers
 
 
 class ResNetBKModel(ResNetBKPreTrainedModel):

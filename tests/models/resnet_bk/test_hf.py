@@ -1,0 +1,235 @@
+"""ResNet-BK as a native transformers model: Auto classes, save/load (also as remote code without hubtrain),
+generation with the recurrent cache, padding, causality, training utilities and the Trainer."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+import hubtrain.models.resnet_bk  # noqa: F401  (registers with the Auto classes)
+from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM, ResNetBKModel
+from hubtrain.models.resnet_bk.modeling_resnet_bk import ResNetBKCache
+
+TINY = dict(vocab_size=64, d_model=32, n_layers=2, num_channels=4, channel_dim=4, num_experts=2, top_k=1, n_seq=16)
+ALL_OPTIONS = dict(
+    use_birman_schwinger=True, schatten_threshold=3.0, use_mourre=True, use_prime_bump=True, prime_bump_scale=0.5,
+    use_semiseparable=True, low_rank=4, use_act=True, act_halt_threshold=0.5, use_scattering_router=True,
+    num_experts=3, top_k=2,
+)
+
+
+def tiny_model(seed=0, **options) -> ResNetBKForCausalLM:
+    torch.manual_seed(seed)
+    return ResNetBKForCausalLM(ResNetBKConfig(**{**TINY, **options})).eval()
+
+
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["default", "all-options"])
+def test_causal_changing_later_tokens_leaves_earlier_logits_unchanged(options):
+    model = tiny_model(**options)
+    ids = torch.randint(0, 64, (2, 40))
+    for i in (0, 13, 38):
+        other = ids.clone()
+        other[:, i + 1 :] = torch.randint(0, 64, other[:, i + 1 :].shape)
+        with torch.no_grad():
+            diff = (model(ids).logits[:, : i + 1] - model(other).logits[:, : i + 1]).abs().max()
+        assert diff <= 1e-6
+
+
+def test_any_length_runs_beyond_n_seq():
+    model = tiny_model()
+    with torch.no_grad():
+        out = model(torch.randint(0, 64, (1, 5 * model.config.n_seq + 3)))
+    assert out.logits.shape == (1, 83, 64) and torch.isfinite(out.logits).all()
+
+
+def test_labels_loss_is_shifted_cross_entropy_ignoring_minus_100():
+    model = tiny_model()
+    ids = torch.randint(0, 64, (2, 12))
+    labels = ids.clone()
+    labels[0, :4] = -100
+    out = model(ids, labels=labels)
+    expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, 64), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.allclose(out.lm_loss, expected, atol=1e-6)
+    assert torch.allclose(out.loss, out.lm_loss + model.config.router_aux_loss_coef * out.aux_loss)
+
+
+def test_hidden_states_and_inputs_embeds():
+    model = tiny_model()
+    ids = torch.randint(0, 64, (2, 9))
+    out = model(ids, output_hidden_states=True)
+    assert len(out.hidden_states) == model.config.n_layers + 1
+    assert torch.equal(out.hidden_states[-1], model.model(ids).last_hidden_state)
+    embeds = model.get_input_embeddings()(ids)
+    assert torch.allclose(model(inputs_embeds=embeds).logits, out.logits, atol=1e-6)
+    with pytest.raises(ValueError, match="input_ids or inputs_embeds"):
+        model(ids, inputs_embeds=embeds)
+
+
+def test_resize_token_embeddings_keeps_the_tie():
+    model = tiny_model()
+    model.resize_token_embeddings(80)
+    assert model.config.vocab_size == 80
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert model(torch.tensor([[79, 3, 5]])).logits.shape == (1, 3, 80)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids = torch.randint(0, 64, (2, 20))
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model(seed=1).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.model.gradient_checkpointing
+        model(ids, labels=ids).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_save_pretrained_and_auto_classes_restore_identical_outputs(tmp_path):
+    model = tiny_model(use_prime_bump=True, use_semiseparable=True, low_rank=4)
+    model.save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"model.safetensors", "config.json", "configuration_resnet_bk.py", "modeling_resnet_bk.py", "green_scan.py"} <= files
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "resnet_bk"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_resnet_bk.ResNetBKForCausalLM"
+    assert config["auto_map"]["AutoConfig"] == "configuration_resnet_bk.ResNetBKConfig"
+    assert "top_k" not in config  # stored as num_experts_per_tok, so generate never reads it as sampling top-k
+
+    ids = torch.randint(0, 64, (2, 15))
+    expected = model(ids).logits
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), ResNetBKConfig)
+    for loader in (ResNetBKForCausalLM, AutoModelForCausalLM):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert type(loaded) is ResNetBKForCausalLM
+        assert torch.equal(loaded(ids).logits, expected)
+        assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(base) is ResNetBKModel
+    assert torch.equal(base(ids).last_hidden_state, model.model(ids).last_hidden_state)
+
+
+REMOTE_SCRIPT = """
+import importlib.abc, sys
+class BlockHubtrain(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "hubtrain" or name.startswith("hubtrain."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+sys.meta_path.insert(0, BlockHubtrain())
+try:
+    import hubtrain
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("hubtrain is importable: the test would prove nothing")
+import torch
+from transformers import AutoModelForCausalLM
+from safetensors.torch import save_file
+folder, out = sys.argv[1], sys.argv[2]
+model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+ids = torch.arange(20).view(2, 10) % 64
+gen = model.generate(ids, max_new_tokens=5, do_sample=False)
+save_file({"logits": model(ids).logits.contiguous(), "gen": gen.contiguous()}, out)
+"""
+
+
+def test_remote_code_loads_without_hubtrain(tmp_path):
+    model = tiny_model(use_birman_schwinger=True, use_prime_bump=True)
+    folder = tmp_path / "saved"
+    model.save_pretrained(folder)
+    script = tmp_path / "load_remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, str(script), str(folder), str(tmp_path / "out.safetensors")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    got = load_file(tmp_path / "out.safetensors")
+    ids = torch.arange(20).view(2, 10) % 64
+    assert torch.equal(got["logits"], model(ids).logits)
+    assert torch.equal(got["gen"], model.generate(ids, max_new_tokens=5, do_sample=False))
+
+
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["default", "all-options"])
+def test_generate_with_cache_equals_generation_without_cache(options):
+    model = tiny_model(**options)
+    ids = torch.randint(0, 64, (2, 7))
+    for kwargs in (dict(do_sample=False), dict(num_beams=3, do_sample=False), dict(do_sample=True, top_k=20)):
+        torch.manual_seed(5)
+        cached = model.generate(ids, max_new_tokens=6, **kwargs)
+        torch.manual_seed(5)
+        recomputed = model.generate(ids, max_new_tokens=6, use_cache=False, **kwargs)
+        assert cached.shape == (2, 13)
+        assert torch.equal(cached, recomputed), kwargs
+
+
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["default", "all-options"])
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(options):
+    model = tiny_model(pad_token_id=0, **options)
+    prompts = [torch.randint(1, 64, (n,)) for n in (3, 8, 5)]
+    width = max(len(p) for p in prompts)
+    batch = torch.zeros(3, width, dtype=torch.long)
+    mask = torch.zeros(3, width, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        batch[row, width - len(p) :] = p
+        mask[row, width - len(p) :] = 1
+        batch[row, : width - len(p)] = 7 + row  # arbitrary pad ids: only the mask may matter
+    together = model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    with torch.no_grad():
+        logits = model(batch, attention_mask=mask).logits
+    for row, p in enumerate(prompts):
+        alone = model.generate(p[None], max_new_tokens=6, do_sample=False)
+        assert torch.equal(together[row, width:], alone[0, len(p) :])
+        with torch.no_grad():
+            assert (logits[row, width - len(p) :] - model(p[None]).logits[0]).abs().max() < 1e-5
+
+
+def test_cache_state_is_constant_size_and_continues_the_sequence():
+    model = tiny_model(use_semiseparable=True, low_rank=4, use_birman_schwinger=True, schatten_threshold=2.0)
+    sizes = []
+    for n in (4, 120):
+        ids = torch.randint(0, 64, (1, n))
+        with torch.no_grad():
+            out = model(ids, use_cache=True)
+        cache = out.past_key_values
+        assert isinstance(cache, ResNetBKCache) and cache.get_seq_length() == n
+        sizes.append(sum(t.numel() for st in cache.layers for t in st.values()))
+        # feeding more tokens through the cache == running the whole sequence at once
+        more = torch.randint(0, 64, (1, 5))
+        with torch.no_grad():
+            cont = model(more, past_key_values=cache).logits
+            whole = model(torch.cat([ids, more], 1)).logits[:, -5:]
+        assert (cont - whole).abs().max() < 1e-5
+    assert sizes[0] == sizes[1]
+
+
+def test_trainer_runs_and_lowers_the_loss(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    torch.manual_seed(0)
+    seqs = [[(3 * i + k) % 16 for i in range(24)] for k in range(32)]  # a learnable periodic language
+    data = Dataset.from_dict({"input_ids": seqs, "labels": seqs})
+    model = tiny_model().train()
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=8, learning_rate=3e-3,
+        logging_steps=5, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert losses[-1] < 0.7 * losses[0], losses

@@ -1,0 +1,253 @@
+"""Every configuration option does what section 3 of docs/design/resnet_bk.md says, checked against an
+independent computation (dense matrices, direct sums), and bad values are refused with the field's name."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM
+from hubtrain.models.resnet_bk.modeling_resnet_bk import prime_bump_potential, semiseparable_scan
+
+TINY = dict(vocab_size=64, d_model=32, n_layers=2, num_channels=3, channel_dim=4, num_experts=2, top_k=1)
+
+
+def tiny_model(seed=0, dtype=torch.float64, **options):
+    torch.manual_seed(seed)
+    return ResNetBKForCausalLM(ResNetBKConfig(**{**TINY, **options})).to(dtype).eval()
+
+
+def capture_mixer(model, ids, layer=0):
+    """Run the model and return what the first mixer saw and produced: its input, and the [y, g] features."""
+    mixer = model.model.layers[layer].mixer
+    seen = {}
+    h1 = mixer.register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    h2 = mixer.out_proj.register_forward_hook(lambda m, args, out: seen.update(feats=args[0]))
+    with torch.no_grad():
+        model(ids)
+    h1.remove(), h2.remove()
+    H, P = mixer.num_channels, mixer.channel_dim
+    feats = seen["feats"].view(*seen["feats"].shape[:2], H, 2 * P + 2)
+    return mixer, seen["x"], feats
+
+
+def dense_causal_rows(a, hop, E, eta):
+    """G^(i)[i, :i+1] for every i (list of complex128 rows), by inverting every prefix Hamiltonian."""
+    rows = []
+    for i in range(a.shape[0]):
+        Hm = torch.diag(a[: i + 1]) + torch.diag(hop[:i], 1) + torch.diag(hop[:i], -1)
+        G = torch.linalg.inv(Hm.to(torch.complex128) - complex(E, eta) * torch.eye(i + 1, dtype=torch.complex128))
+        rows.append(G[i])
+    return rows
+
+
+def mixer_inputs(mixer, x):
+    """Potential, coupling, values and energies exactly as the design note defines them (no padding)."""
+    H, P = mixer.num_channels, mixer.channel_dim
+    a_raw, t_raw, v, _ = mixer.in_proj(x).split([H, H, H * P, x.shape[-1]], -1)
+    a = 3 * torch.tanh(a_raw / 3)
+    hop = torch.sigmoid(t_raw[:, 1:])  # coupling i <-> i+1 from token i+1
+    E, eta = mixer.energy_eta()
+    return a[0], hop[0], v[0].view(-1, H, P), E, eta
+
+
+def test_birman_schwinger_sandwich_equals_the_explicit_operator():
+    model = tiny_model(use_birman_schwinger=True)
+    ids = torch.randint(0, 64, (1, 10))
+    mixer, x, feats = capture_mixer(model, ids)
+    with torch.no_grad():
+        a, hop, u, E, eta = mixer_inputs(mixer, x)
+        P = mixer.channel_dim
+        for h in range(mixer.num_channels):
+            V = a[:, h]
+            rows = dense_causal_rows(V, hop[:, h], E[h].item(), eta[h].item())
+            for i, row in enumerate(rows):
+                # K = |V|^1/2 (H - z)^-1 V^1/2 with V^1/2 = sign(V)|V|^1/2
+                K_row = V[i].abs().sqrt() * row * (torch.sign(V[: i + 1]) * V[: i + 1].abs().sqrt())
+                y = K_row @ u[: i + 1, h].to(torch.complex128)
+                got = torch.complex(feats[0, i, h, :P], feats[0, i, h, P : 2 * P]) / eta[h]
+                assert (got - y).abs().max() < 1e-10
+
+
+def test_schatten_threshold_bounds_every_causal_prefix_operator():
+    thr = 0.5
+    model = tiny_model(use_birman_schwinger=True, schatten_threshold=thr)
+    ids = torch.randint(0, 64, (1, 12))
+    mixer, x, feats = capture_mixer(model, ids)
+    active = 0
+    with torch.no_grad():
+        a, hop, u, E, eta = mixer_inputs(mixer, x)
+        P = mixer.channel_dim
+        for h in range(mixer.num_channels):
+            V = a[:, h]
+            rows = dense_causal_rows(V, hop[:, h], E[h].item(), eta[h].item())
+            K = torch.zeros(len(rows), len(rows), dtype=torch.complex128)
+            for i, row in enumerate(rows):
+                K[i, : i + 1] = V[i].abs().sqrt() * row * (torch.sign(V[: i + 1]) * V[: i + 1].abs().sqrt())
+            for i in range(len(rows)):
+                y_plain = K[i] @ u[:, h].to(torch.complex128)
+                got = torch.complex(feats[0, i, h, :P], feats[0, i, h, P : 2 * P]) / eta[h]
+                # the output is row i of s_i K^(i); s_i from the Ward bound; s_i K^(i) obeys the threshold
+                s = (got.abs().max() / y_plain.abs().max()).item()
+                assert torch.allclose(got, s * y_plain, atol=1e-10)
+                assert s <= 1 + 1e-12
+                hs = torch.linalg.matrix_norm(K[: i + 1, : i + 1]).item()
+                assert s * hs <= thr * (1 + 1e-9)
+                active += s < 1 - 1e-6
+    assert active > 0, "the threshold never bit; the test would not show the rescaling"
+
+
+def primes_upto(n):
+    return [p for p in range(2, n + 1) if all(p % q for q in range(2, int(p**0.5) + 1))]
+
+
+@pytest.mark.parametrize("k_max", [1, 3])
+def test_prime_bump_adds_the_documented_potential_at_any_position(k_max):
+    positions = torch.tensor([[1, 2, 3, 4, 5, 8, 9, 25, 27, 100, 121, 4099]])
+    got = prime_bump_potential(positions, k_max)
+    for i, value in zip(positions[0].tolist(), got[0].tolist()):
+        expected = sum(
+            math.log(p) / p ** (k / 2) * math.exp(-((i - p**k) ** 2) / 2)
+            for p in primes_upto(i + 40)
+            for k in range(1, k_max + 1)
+            if abs(i - p**k) < 40
+        )
+        assert abs(value - expected) < 1e-12
+
+    model = tiny_model(use_prime_bump=True, prime_bump_scale=0.3, k_max=k_max)
+    mixer = model.model.layers[0].mixer
+    a_raw = torch.randn(1, 30, mixer.num_channels, dtype=torch.float64)
+    pos = torch.arange(1, 31).view(1, 30)
+    added = mixer.potential(a_raw, pos) - 3 * torch.tanh(a_raw / 3)
+    assert torch.allclose(added, 0.3 * prime_bump_potential(pos, k_max).unsqueeze(-1), atol=1e-14)
+    assert added.abs().max() > 0.05
+
+
+def test_semiseparable_term_equals_dense_masked_qk_v_and_continues_from_its_state():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 150, 5, dtype=torch.float64), torch.randn(2, 150, 5, dtype=torch.float64), torch.randn(2, 150, 3, dtype=torch.float64)
+    dense = torch.tril(q @ k.transpose(1, 2)) @ v
+    out, state = semiseparable_scan(q, k, v, chunk_size=16)
+    assert torch.allclose(out, dense, atol=1e-10)
+    first, st = semiseparable_scan(q[:, :70], k[:, :70], v[:, :70])
+    second, st2 = semiseparable_scan(q[:, 70:], k[:, 70:], v[:, 70:], st)
+    assert torch.allclose(torch.cat([first, second], 1), dense, atol=1e-10)
+    assert torch.allclose(st2, state, atol=1e-10)
+    assert st2.shape == (2, 5, 3)  # O(r) state per value dim, whatever the length
+
+    base, with_ss = tiny_model(), tiny_model(use_semiseparable=True, low_rank=4)
+    ids = torch.randint(0, 64, (1, 9))
+    assert not torch.allclose(base(ids).logits, with_ss(ids).logits)
+
+
+def test_scattering_router_is_parameter_free_and_routes_by_phase():
+    model = tiny_model(use_scattering_router=True, num_experts=4, top_k=2, scattering_scale=0.3)
+    moe = model.model.layers[0].moe
+    assert not hasattr(moe, "router") and sum(p.numel() for n, p in moe.named_parameters() if "router" in n) == 0
+    phase = torch.tensor([0.1, 1.0, 2.0, 3.0], dtype=torch.float64)
+    weights, idx, aux = moe.route(torch.zeros(4, 32, dtype=torch.float64), phase, torch.ones(4, dtype=torch.float64))
+    centres = math.pi * (torch.arange(4, dtype=torch.float64) + 0.5) / 4
+    for t in range(4):
+        logits = -((phase[t] - centres) ** 2) / 0.3**2
+        top = logits.topk(2)
+        assert idx[t].tolist() == top.indices.tolist()
+        assert torch.allclose(weights[t], torch.softmax(top.values, -1))
+    assert aux.item() == 0.0
+
+    # in the model the phase is the mean argument of g over channels, which lies in (0, pi)
+    mixer = model.model.layers[0].mixer
+    out = {}
+    mixer.register_forward_hook(lambda m, args, o: out.update(phase=o[1]))
+    with torch.no_grad():
+        model(torch.randint(0, 64, (2, 16)))
+    assert ((out["phase"] > 0) & (out["phase"] < math.pi)).all()
+
+
+def test_learned_router_adds_a_load_balancing_loss():
+    model = tiny_model(num_experts=3, top_k=2, router_aux_loss_coef=0.5)
+    ids = torch.randint(0, 64, (2, 12))
+    out = model(ids, labels=ids)
+    assert out.aux_loss > 0
+    assert torch.allclose(out.loss, out.lm_loss + 0.5 * out.aux_loss)
+    # the balance loss is minimal (= 1) for uniform routing: E * sum_e (1/E)(1/E) * E... check its known bounds
+    assert 0.5 <= out.aux_loss.item() <= 3.0
+
+
+def test_act_reports_fewer_layers_with_a_high_threshold_and_adds_a_ponder_cost():
+    ids = torch.randint(0, 64, (2, 10))
+    eager = tiny_model(use_act=True, act_halt_threshold=0.95, n_layers=3, act_ponder_weight=0.1)
+    out = eager(ids, labels=ids)
+    assert out.act_mean_layers < 3
+    assert out.act_mean_layers >= 1
+    assert torch.allclose(out.loss, out.lm_loss + 0.01 * out.aux_loss + 0.1 * out.ponder_cost)
+    patient = tiny_model(use_act=True, act_halt_threshold=0.001, n_layers=3)
+    assert patient(ids).act_mean_layers == 3
+    # a halted token is not updated: with one layer used everywhere, ACT output == first block only
+    with torch.no_grad():
+        for block in eager.model.layers:
+            block.halt.bias.fill_(50.0)  # p = 1 at the first layer: every token halts there
+        one = eager(ids, output_hidden_states=True)
+    assert one.act_mean_layers == 1
+    assert torch.equal(one.hidden_states[1], one.hidden_states[2])
+
+
+def test_mourre_keeps_energies_inside_the_band_and_lap_keeps_eta_above_epsilon():
+    m = tiny_model(use_mourre=True, mourre_margin=0.1).model.layers[0].mixer
+    with torch.no_grad():
+        m.energy.copy_(torch.tensor([-1e3, 0.3, 1e3]))
+    E, _ = m.energy_eta()
+    assert (E.abs() < 2 * 0.9 + 1e-12).all() and E.abs().max() > 1.79
+    free = tiny_model(use_mourre=False).model.layers[0].mixer
+    with torch.no_grad():
+        free.energy.copy_(torch.tensor([-1e3, 0.3, 1e3]))
+    assert free.energy_eta()[0].abs().max() == 1e3
+
+    lap = tiny_model(use_lap=True, epsilon=0.2).model.layers[0].mixer
+    with torch.no_grad():
+        lap.rho.fill_(-50.0)
+    assert (lap.energy_eta()[1] >= 0.2).all()
+    nolap = tiny_model(use_lap=False, epsilon=0.2).model.layers[0].mixer
+    with torch.no_grad():
+        nolap.rho.fill_(-5.0)
+    eta = nolap.energy_eta()[1]
+    assert (eta > 0).all() and (eta < 0.2).all()
+
+
+def test_initial_channels_span_several_memory_lengths():
+    mixer = tiny_model(num_channels=8).model.layers[0].mixer
+    E, eta = mixer.energy_eta()
+    assert torch.allclose(E, torch.linspace(-1, 1, 8, dtype=E.dtype), atol=1e-9)
+    assert 0.05 < eta.min() < 0.07 and 0.95 < eta.max() < 1.05
+
+
+def test_dropout_p_is_applied_in_training_only():
+    model = tiny_model(dropout_p=0.5)
+    ids = torch.randint(0, 64, (1, 8))
+    assert torch.equal(model(ids).logits, model(ids).logits)
+    model.train()
+    assert not torch.equal(model(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(epsilon=0.0), "epsilon"),
+        (dict(epsilon=-1.0), "epsilon"),
+        (dict(num_experts=2, top_k=3), "top_k"),
+        (dict(top_k=0), "top_k"),
+        (dict(d_model=0), "d_model"),
+        (dict(dropout_p=1.0), "dropout_p"),
+        (dict(schatten_threshold=1.0), "use_birman_schwinger"),
+        (dict(use_birman_schwinger=True, schatten_threshold=0.0), "schatten_threshold"),
+        (dict(scattering_scale=0.0), "scattering_scale"),
+        (dict(act_halt_threshold=1.0), "act_halt_threshold"),
+        (dict(low_rank=0), "low_rank"),
+        (dict(k_max=0), "k_max"),
+        (dict(num_channels=0), "num_channels"),
+        (dict(mourre_margin=1.5), "mourre_margin"),
+    ],
+)
+def test_bad_options_raise_errors_that_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        ResNetBKConfig(**kwargs)
