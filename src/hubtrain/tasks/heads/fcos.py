@@ -21,10 +21,16 @@ INF = float("inf")
 DEFAULT_REGRESSION_RANGES = ((0.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, INF))
 
 
+def _num_groups(channels: int) -> int:
+    """FCOS's 32 groups at 256 channels, i.e. at least 8 channels per group: on the 1x1 maps of P6/P7 a group
+    of one channel would normalise its single value to zero."""
+    return max(g for g in range(1, 33) if channels % g == 0 and channels // g >= min(8, channels))
+
+
 def _tower(channels: int, num_convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(num_convs):
-        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(math.gcd(32, channels), channels), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.GroupNorm(_num_groups(channels), channels), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
