@@ -227,6 +227,16 @@ class BaseTask(pl.LightningModule):
         preprocessing = getattr(datamodule, "preprocessing", None)
         if isinstance(preprocessing, dict):
             self.preprocessing = to_jsonable(preprocessing)
+            wanted = getattr(getattr(self, "backbone", None), "data_config", None) or {}
+            differs = [k for k in ("mean", "std") if k in wanted and list(wanted[k]) != list(preprocessing.get(k, wanted[k]))]
+            if differs:
+                from pytorch_lightning.utilities import rank_zero_warn
+
+                rank_zero_warn(
+                    f"the data module normalises with {differs} different from the backbone's data config "
+                    f"({ {k: wanted[k] for k in differs} }); build it with ImageDataModule.from_backbone(model) "
+                    "(or transform_config=model) so pretrained weights see the inputs they were trained on."
+                )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.preprocessing is not None:

@@ -99,6 +99,11 @@ class ImageClassifier(BaseTask):
             self.backbone.eval()
         return self
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning restores each submodule's mode itself, bypassing train(); pin the frozen backbone here too.
+        if self.freeze_backbone:
+            self.backbone.eval()
+
     def _logits(self, images: Tensor) -> Tensor:
         return self.head(self.backbone(images))
 
