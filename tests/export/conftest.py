@@ -28,3 +28,14 @@ def tiny_gpt2():
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0)
     return GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_bk():
+    """d_model 32, 2 layers; a wider init than the default so greedy decoding visits many tokens."""
+    from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM
+
+    torch.manual_seed(0)
+    config = ResNetBKConfig(vocab_size=64, d_model=32, n_layers=2, num_channels=4, channel_dim=8, ffn_dim=32,
+                            num_experts=2, top_k=1, n_seq=32, initializer_range=0.2)
+    return ResNetBKForCausalLM(config).eval()
