@@ -172,3 +172,22 @@ def test_save_pretrained_round_trip_gives_identical_predictions(trained, tmp_pat
     for a, b in zip(model.predict(images), loaded.predict(images)):
         for key in ("boxes", "scores", "labels"):
             assert torch.equal(a[key], b[key]), key
+
+
+def test_hf_hub_and_transformers_backbones(hf_cache, tmp_path):
+    import transformers
+
+    repo = hf_cache("acme/tiny-resnet", "test_resnet")
+    model = ObjectDetector(repo.hub_name, num_classes=3, fpn_channels=16, head_num_convs=1)
+    weights = model.backbone.model.state_dict()
+    assert weights.keys() <= repo.state_dict.keys()
+    assert all(torch.equal(weights[k], repo.state_dict[k]) for k in weights)
+    x = torch.randn(2, 3, 64, 64)
+    loaded = ObjectDetector.from_pretrained(model.save_pretrained(tmp_path / "det"))  # offline rebuild
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(model.eval()(x).values(), loaded(x).values()))
+
+    config = transformers.ConvNextConfig(hidden_sizes=[16, 24, 32, 48], depths=[1, 1, 1, 1], image_size=64)
+    detector = ObjectDetector(config, num_classes=3, fpn_channels=16, head_num_convs=1)
+    assert detector.fpn.strides == [8, 16, 32, 64, 128]
+    assert [set(p) for p in detector.predict(x)] == [{"boxes", "scores", "labels"}] * 2

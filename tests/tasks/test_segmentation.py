@@ -169,3 +169,38 @@ def test_save_pretrained_round_trip_gives_identical_outputs(trained, tmp_path):
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(images), loaded(images))  # same weights, same graph: bit-identical on CPU
+
+
+def test_hf_hub_timm_backbone_loads_cached_weights_and_rebuilds_offline(hf_cache, tmp_path):
+    repo = hf_cache("acme/tiny-resnet", "test_resnet")
+    # The seed's example, with a cached hub model: SemanticSegmentor(backbone="hf-hub:...", head_type="deeplabv3plus")
+    model = SemanticSegmentor(backbone=repo.hub_name, num_classes=19, head_type="deeplabv3plus",
+                              aspp_channels=16, decoder_channels=16, low_level_channels=8)
+    weights = model.backbone.model.state_dict()
+    assert weights.keys() <= repo.state_dict.keys()
+    assert all(torch.equal(weights[k], repo.state_dict[k]) for k in weights)
+    assert model.encoder_stride == 16  # output_stride reaches timm through hf-hub: as well
+
+    folder = model.save_pretrained(tmp_path / "seg")
+    loaded = SemanticSegmentor.from_pretrained(folder)  # HF_HUB_OFFLINE=1: rebuilt from config.json alone
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), loaded(x))
+
+
+@pytest.mark.parametrize("config_name", ["ConvNextConfig", "ViTConfig"])
+def test_transformers_backbones_give_full_resolution_logits(config_name, tmp_path):
+    import transformers
+
+    if config_name == "ConvNextConfig":
+        config = transformers.ConvNextConfig(hidden_sizes=[16, 24, 32, 48], depths=[1, 1, 1, 1], image_size=64)
+    else:
+        config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=64, image_size=64, patch_size=16)
+    model = SemanticSegmentor(config, num_classes=3, aspp_channels=16, decoder_channels=16, low_level_channels=8).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert model.forward_logits(x).shape[-1] == 64 // model.output_stride
+        assert model(x).shape == (2, 3, 64, 64)
+        loaded = SemanticSegmentor.from_pretrained(model.save_pretrained(tmp_path / "seg"))
+        assert torch.equal(model(x), loaded(x))
