@@ -28,7 +28,10 @@ _SESSION_HF_HOME = Path(os.environ.get("PYTEST_HF_HOME", "")) if os.environ.get(
 if _SESSION_HF_HOME is None:
     import tempfile
 
+    import atexit
+
     _SESSION_HF_HOME = Path(tempfile.mkdtemp(prefix="hubtrain-hf-home-"))
+    atexit.register(shutil.rmtree, _SESSION_HF_HOME, True)
 os.environ["HF_HOME"] = str(_SESSION_HF_HOME)
 os.environ["HF_HUB_CACHE"] = str(_SESSION_HF_HOME / "hub")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that needs the (local) network flips it, see HFCache.set_offline

@@ -179,3 +179,16 @@ def test_hf_datasets_on_disk_parquet_and_imagefolder(image_folder, tmp_path):
         # Labels agree with the folder each test image came from (sorted file order: cat, cat, dog, ...).
         labels = [dm.test_dataset[i][1] for i in range(6)]
         assert sorted(labels) == [0, 0, 1, 1, 2, 2], fmt
+
+
+def test_a_trained_task_passes_on_its_own_preprocessing():
+    from hubtrain import BackboneConfig, ImageClassifier
+
+    model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=2)
+    model.preprocessing = {"input_size": [3, 20, 20], "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5],
+                           "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
+    dm = ImageDataModule.from_backbone(model, dataset_name="digits")
+    assert dm.preprocessing["input_size"] == (3, 20, 20) and dm.preprocessing["mean"] == (0.1, 0.2, 0.3)
+    # Without recorded preprocessing, the task's backbone decides.
+    model.preprocessing = None
+    assert ImageDataModule(dataset_name="digits", transform_config=model).preprocessing["mean"] == (0.5, 0.5, 0.5)

@@ -21,16 +21,23 @@ def resolve_transform_config(transform_config: Any = None, image_size: int | tup
     """
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    if transform_config is not None and not isinstance(transform_config, dict):
-        source = getattr(transform_config, "backbone", transform_config)  # a task holds its backbone
-        if not hasattr(source, "data_config"):
+    user_dict = isinstance(transform_config, dict)
+    if transform_config is not None and not user_dict:
+        # A task trained (or loaded) with known preprocessing says so; otherwise ask its backbone.
+        if isinstance(getattr(transform_config, "preprocessing", None), dict):
+            transform_config = transform_config.preprocessing
+        source = getattr(transform_config, "backbone", transform_config)
+        if isinstance(source, dict):
+            transform_config = source
+        elif not hasattr(source, "data_config"):
             raise ValueError(
                 f"transform_config={transform_config!r}: give a timm data config dict, a backbone or a task."
             )
-        transform_config = source.data_config
+        else:
+            transform_config = source.data_config
     given = dict(transform_config or {})
     unknown = sorted(set(given) - set(DATA_FIELDS) - {"test_input_size", "test_crop_pct"})
-    if unknown:
+    if unknown and user_dict:  # a backbone's or task's config may carry more than we use
         raise ValueError(f"transform_config has unknown key(s) {unknown}; known keys are {list(DATA_FIELDS)}.")
     config: dict[str, Any] = {
         "input_size": (3, 224, 224),
