@@ -87,4 +87,6 @@ def test_wandb_missing_says_which_extra():
 def test_wandb_is_offline_by_default(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     logger = LoggerConfig(backend="wandb", params={"project": "my-project"}).build(tmp_path)
-    assert logger._wandb_init["mode"] == "offline"
+    assert logger._offline is True
+    online = LoggerConfig(backend="wandb", params={"project": "p", "offline": False}).build(tmp_path)
+    assert online._offline is False

@@ -192,3 +192,11 @@ def test_bf16_mixed_on_cpu(tmp_path, kit, data):
 def test_bad_logger_argument():
     with pytest.raises(ValueError, match="logger=42"):
         AutoTrainer(logger=42)
+
+
+def test_fast_dev_run_writes_nothing(tmp_path, kit, data):
+    trainer = AutoTrainer(fast_dev_run=True, default_root_dir=tmp_path, **kit.QUIET)
+    model = kit.TinyClassifier()
+    trainer.fit(model, datamodule=data)
+    assert model.optimizer_steps == 1
+    assert list(tmp_path.iterdir()) == []

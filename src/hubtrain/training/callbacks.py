@@ -158,8 +158,12 @@ class TrainingCurvesCallback(Callback):
         self._record(trainer, None)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and self.history:
+        if trainer.is_global_zero and self.history and not trainer.fast_dev_run:
             self.save(self.output_path(trainer))
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # an interrupted run still leaves its curves so far
+        self.on_train_end(trainer, pl_module)
 
     def output_path(self, trainer: pl.Trainer) -> Path:
         base = self.dirpath or Path(getattr(trainer, "run_dir", None) or trainer.log_dir or trainer.default_root_dir)

@@ -55,13 +55,13 @@ def _model_monitor(model: pl.LightningModule) -> tuple[str, str] | None:
 class _RunHooks(Callback):
     """Keeps the run directory identical on every rank and warns about checkpoint names that would read 0."""
 
-    def __init__(self, trainer: "AutoTrainer") -> None:
-        self._trainer = trainer
+    def __init__(self) -> None:
         self._warned: set[str] = set()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._trainer._run_dir is not None and trainer.world_size > 1:
-            self._trainer._run_dir = Path(trainer.strategy.broadcast(str(self._trainer._run_dir)))
+        run_dir = getattr(trainer, "_run_dir", None)
+        if run_dir is not None and trainer.world_size > 1:
+            trainer._run_dir = Path(trainer.strategy.broadcast(str(run_dir)))
 
     def _check_filenames(self, trainer: pl.Trainer) -> None:
         if trainer.sanity_checking:
@@ -145,7 +145,7 @@ class AutoTrainer(pl.Trainer):
         user_callbacks = [] if callbacks is None else [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
         self._user_checkpoints = [cb for cb in user_callbacks if isinstance(cb, ModelCheckpoint)]
         self._curves = TrainingCurvesCallback() if plot_curves else None
-        own = [_RunHooks(self)] + ([self._curves] if self._curves else [])
+        own = [_RunHooks()] + ([self._curves] if self._curves else [])
 
         super().__init__(
             max_epochs=max_epochs,
@@ -233,8 +233,8 @@ class AutoTrainer(pl.Trainer):
             make_slash_safe(cb)
             if cb.dirpath is None:
                 cb.dirpath = ckpt_dir
-        if self._user_checkpoints or not self._enable_checkpointing:
-            return
+        if self._user_checkpoints or not self._enable_checkpointing or self.fast_dev_run:
+            return  # (Lightning's on_train_end would still write a save_last file under fast_dev_run)
         self.callbacks = [cb for cb in self.callbacks if cb not in self._lightning_default_checkpoints]
         if self.checkpoint_monitor is not None:
             mode = self.checkpoint_mode or ("min" if "loss" in self.checkpoint_monitor else "max")
