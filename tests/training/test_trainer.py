@@ -92,8 +92,13 @@ def test_seed_checkpoint_filename_carries_true_value(tmp_path, kit, data):
         save_top_k=3,
     )
     early_stop = pl.callbacks.EarlyStopping(monitor="val/accuracy", patience=10, mode="max")
-    trainer = AutoTrainer(max_epochs=3, callbacks=[checkpoint, early_stop], default_root_dir=tmp_path / "runs", **kit.QUIET)
-    trainer.fit(kit.TinyClassifier(), datamodule=data)
+    # a template naming a key that is never logged: Lightning would silently write 0 there, we warn
+    misspelt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "other", filename="{epoch}-{val_accuracy:.4f}")
+    trainer = AutoTrainer(
+        max_epochs=3, callbacks=[checkpoint, early_stop, misspelt], default_root_dir=tmp_path / "runs", **kit.QUIET
+    )
+    with pytest.warns(UserWarning, match="'val_accuracy' is not a logged metric, so Lightning writes 0"):
+        trainer.fit(kit.TinyClassifier(), datamodule=data)
 
     val_acc = epoch_values(read_csv(trainer.run_dir / "metrics.csv"), "val/accuracy")
     files = sorted((tmp_path / "checkpoints").iterdir())
@@ -104,7 +109,7 @@ def test_seed_checkpoint_filename_carries_true_value(tmp_path, kit, data):
         assert float(m.group(2)) == pytest.approx(val_acc[int(m.group(1))], abs=0.005 + 1e-9)
     assert max(float(re.search(r"=(\d\.\d\d)\.ckpt", p.name).group(1)) for p in files) > 0.5  # not the 0.00 trap
     # the user's checkpoint is the only one: no automatic checkpoint next to it
-    assert [type(cb) for cb in trainer.checkpoint_callbacks] == [pl.callbacks.ModelCheckpoint]
+    assert trainer.checkpoint_callbacks == [checkpoint, misspelt]
 
 
 def test_plain_lightning_modules(tmp_path, kit):

@@ -1,6 +1,7 @@
 """TunerConfig: Lightning's LR finder and batch-size scaler, applied and reported, never silent."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import yaml
@@ -28,6 +29,14 @@ def test_auto_lr_applies_suggestion_and_saves_plot(tmp_path, kit):
     trainer.fit(model, datamodule=data)
 
     chosen = trainer.tuning_results
+    # the applied value is the steepest descent of the recorded curve (Lightning's rule, recomputed with numpy:
+    # skip the first 10 and the last point, gradient of loss with respect to lr)
+    lrs = np.array(trainer.lr_finder.results["lr"][10:-1])
+    losses = np.array(trainer.lr_finder.results["loss"][10:-1])
+    keep = np.isfinite(losses)
+    expected = lrs[keep][np.argmin(np.gradient(losses[keep], lrs[keep]))]
+    assert chosen["lr"] == pytest.approx(expected, rel=1e-6)
+    assert 1e-5 < chosen["lr"] < 1.0
     assert chosen["previous_lr"] == 1e-5 and chosen["lr"] != 1e-5
     assert model.lr == chosen["lr"] == model.hparams.lr  # attribute and hparams both updated
     assert probe.lr == pytest.approx(chosen["lr"])  # the real fit trained with it

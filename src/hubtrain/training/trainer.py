@@ -141,6 +141,8 @@ class AutoTrainer(pl.Trainer):
         self._run_dir: Path | None = None
         self._tuning = False
         self._fit_prepared = False
+        self.tuning_results: dict[str, Any] = {}  # what TunerConfig chose ({"lr": ..., "batch_size": ...})
+        self.lr_finder = None  # Lightning's _LRFinder after auto_lr: .results["lr"], .results["loss"]
 
         user_callbacks = [] if callbacks is None else [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
         self._user_checkpoints = [cb for cb in user_callbacks if isinstance(cb, ModelCheckpoint)]

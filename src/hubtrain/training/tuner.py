@@ -120,6 +120,7 @@ def run_tuner(
             update_attr=False,
             **kwargs,
         )
+        trainer.lr_finder = finder  # the full curve (finder.results) stays available to the user
         if finder is None:
             warnings.warn(
                 "TunerConfig(auto_lr=True): the learning-rate finder did not run (fast_dev_run is on); keeping the "
