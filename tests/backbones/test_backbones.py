@@ -114,25 +114,38 @@ def _closed_port() -> int:
 
 
 def test_unreachable_hub_fails_within_seconds(tmp_path):
-    """A fresh interpreter (huggingface_hub reads HF_ENDPOINT at import) with no cache and a closed endpoint."""
+    """A fresh interpreter (huggingface_hub reads HF_ENDPOINT at import) with no cache: first a closed port
+    (connection refused), then a port that accepts connections but never answers (the timeout path)."""
     script = textwrap.dedent(
         """
-        import time, timm
+        import sys, time
+        import huggingface_hub, timm
+        import hubtrain.backbones.timm_backbone
+        from huggingface_hub import constants
         from hubtrain.backbones import create_backbone
         from hubtrain.errors import OfflineModelError
-        start = time.perf_counter()
-        try:
-            create_backbone("hf-hub:timm/x", pretrained=True)
-        except OfflineModelError as err:
-            print(f"{time.perf_counter() - start:.3f}")
-            print(err)
+        for endpoint in sys.argv[1:]:
+            constants.ENDPOINT = endpoint
+            start = time.perf_counter()
+            try:
+                create_backbone("hf-hub:timm/x", pretrained=True)
+            except OfflineModelError as err:
+                print(f"{time.perf_counter() - start:.3f}\t{err}")
         """
     )
-    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HOME": str(tmp_path / "home")}
-    env.pop("HF_HUB_OFFLINE", None)
-    env.pop("HF_HUB_CACHE", None)
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes handshakes; nobody ever reads or answers
+        closed = f"http://127.0.0.1:{_closed_port()}"
+        env = {**os.environ, "HF_ENDPOINT": closed, "HF_HOME": str(tmp_path / "home"), "HUBTRAIN_HUB_TIMEOUT": "2"}
+        env.pop("HF_HUB_OFFLINE", None)
+        env.pop("HF_HUB_CACHE", None)
+        args = [closed, f"http://127.0.0.1:{silent.getsockname()[1]}"]
+        out = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
-    seconds, message = out.stdout.strip().splitlines()[:2]
-    assert float(seconds) < 10.0
-    assert "hf-hub:timm/x" in message and "pretrained=False" in message and "could not be reached" in message
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2, out.stdout + out.stderr
+    for line in lines:
+        seconds, message = line.split("\t")
+        assert float(seconds) < 10.0, line
+        assert "hf-hub:timm/x" in message and "pretrained=False" in message and "could not be reached" in message

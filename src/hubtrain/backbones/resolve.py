@@ -26,7 +26,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safet
 
 
 def hub_timeout() -> float:
-    return float(os.environ.get("HUBTRAIN_HUB_TIMEOUT", "5"))
+    """Seconds to wait for the Hub: ``HUBTRAIN_HUB_TIMEOUT``, else ``HF_HUB_ETAG_TIMEOUT``, else 5."""
+    return float(os.environ.get("HUBTRAIN_HUB_TIMEOUT") or os.environ.get("HF_HUB_ETAG_TIMEOUT") or 5)
 
 
 def _is_true(value: str | None) -> bool:
