@@ -204,3 +204,23 @@ def test_transformers_backbones_give_full_resolution_logits(config_name, tmp_pat
         assert model(x).shape == (2, 3, 64, 64)
         loaded = SemanticSegmentor.from_pretrained(model.save_pretrained(tmp_path / "seg"))
         assert torch.equal(model(x), loaded(x))
+
+
+def test_cli_fit_from_yaml(tmp_path):
+    from hubtrain.cli import main
+
+    config = tmp_path / "seg.yaml"
+    config.write_text(f"""
+model:
+  class_path: hubtrain.SemanticSegmentor
+  init_args: {{backbone: test_resnet, num_classes: 4, pretrained: false, aspp_channels: 16, decoder_channels: 16,
+              low_level_channels: 8}}
+data:
+  class_path: hubtrain.SegmentationDataModule
+  init_args: {{dataset_name: synthetic_shapes, image_size: 32, batch_size: 8, synthetic_sizes: {{train: 16, val: 8}}}}
+trainer: {{max_epochs: 1, default_root_dir: {tmp_path / 'runs'}, enable_progress_bar: false}}
+""")
+    assert main(["fit", "--config", str(config)]) in (0, None)
+    [metrics_csv] = (tmp_path / "runs").rglob("metrics.csv")
+    header = metrics_csv.read_text().splitlines()[0].split(",")
+    assert {"val/mIoU", "val/pixel_accuracy", "val/IoU_3"} <= set(header)

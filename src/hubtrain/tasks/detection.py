@@ -202,7 +202,12 @@ class ObjectDetector(BaseTask):
     def predict(self, images: Tensor | Sequence[Tensor]) -> list[dict[str, Tensor]]:
         """One ``{"boxes" (N, 4) xyxy, "scores" (N,), "labels" (N,)}`` per normalised image, in eval mode."""
         if not isinstance(images, Tensor):
-            images = torch.stack(list(images))
+            images = list(images)
+            sizes = sorted({tuple(image.shape[-2:]) for image in images})
+            if len(sizes) > 1:
+                raise ValueError(f"predict() got images of sizes {sizes}; resize them to one size first "
+                                 "(the data module's evaluation transform does).")
+            images = torch.stack(images)
         if images.ndim == 3:
             images = images.unsqueeze(0)
         was_training = self.training
