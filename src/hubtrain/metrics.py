@@ -193,11 +193,15 @@ class MetricManager(nn.Module):
         return {f"{stage}/{c.name}": self._get(stage, c.name) for c in self.configs_for(stage)}
 
     @torch.no_grad()
-    def update(self, stage: str, preds: Tensor, target: Tensor) -> None:
-        """Accumulate a batch. ``preds`` are probabilities (softmax/sigmoid), ``target`` the labels."""
-        preds = preds.detach()
-        if preds.is_floating_point() and preds.dtype != torch.float32:
-            preds = preds.float()  # bf16/fp16 autocast outputs would cost metrics precision
+    def update(self, stage: str, preds: Tensor | Any, target: Tensor | Any) -> None:
+        """Accumulate a batch. ``preds`` are probabilities (softmax/sigmoid), ``target`` the labels.
+
+        Non-tensor inputs (e.g. the lists of box dicts detection metrics take) are passed through unchanged.
+        """
+        if isinstance(preds, Tensor):
+            preds = preds.detach()
+            if preds.is_floating_point() and preds.dtype != torch.float32:
+                preds = preds.float()  # bf16/fp16 autocast outputs would cost the metrics precision
         for cfg in self.configs_for(stage):
             self._get(stage, cfg.name).update(preds, target)
 
