@@ -458,7 +458,8 @@ class ImageDataModule(pl.LightningDataModule):
             with _socket_timeout(15.0):
                 return cls(root=root, train=train, transform=wrapped, download=True)
         except (OSError, RuntimeError) as err:
-            raise FileNotFoundError(f"{where} (download failed: {type(err).__name__}: {err}).") from None
+            reason = " ".join(str(err).split())[:300]  # torchvision's message spans lines; keep ours to one
+            raise FileNotFoundError(f"{where} (download failed: {type(err).__name__}: {reason}).") from None
 
     def _setup_torchvision(self, cls_name: str) -> None:
         train_aug = self._torchvision(cls_name, train=True, transform=self.train_transform)
