@@ -192,3 +192,24 @@ def test_a_trained_task_passes_on_its_own_preprocessing():
     # Without recorded preprocessing, the task's backbone decides.
     model.preprocessing = None
     assert ImageDataModule(dataset_name="digits", transform_config=model).preprocessing["mean"] == (0.5, 0.5, 0.5)
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    """The MNIST idx format: magic (0x08 = ubyte, number of dims), big-endian int32 sizes, then raw bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_torchvision_dataset_loads_once_its_files_are_where_the_error_said(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 30), ("t10k", 10)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    dm = ImageDataModule(data_dir=tmp_path, dataset_name="MNIST", image_size=16, batch_size=4, val_split=0.2)
+    dm.setup()
+    assert dm.num_classes == 10 and dm.class_names[0].startswith("0")
+    assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (24, 6, 10)
+    x, y = next(iter(dm.test_dataloader()))
+    assert x.shape == (4, 3, 16, 16) and y.tolist() == [0, 1, 2, 3]
