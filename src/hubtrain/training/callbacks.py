@@ -189,6 +189,7 @@ class TrainingCurvesCallback(Callback):
     def save(self, path: Path) -> Path:
         # A bare Figure renders with Agg and leaves pyplot's global backend alone (notebooks keep theirs).
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         panels = self.panels()
         names = sorted(panels, key=lambda n: (n != "loss", n))  # loss first
@@ -202,6 +203,7 @@ class TrainingCurvesCallback(Callback):
                 ax.plot(epochs, [series[e] for e in epochs], marker="o", label=stage or name)
             ax.set_title(name)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend()
         for ax in list(axes.flat)[len(names):]:
