@@ -232,8 +232,25 @@ class TextDataModule(pl.LightningDataModule):
         self.datasets: dict[str, PackedBlocks] = {}
         self.num_tokens: dict[str, int] = {}
         self.num_bytes: dict[str, int] = {}
-        # The task logs the tokenizer it uses; a second "tokenizer" hparam here would clash with it when merged.
-        self.save_hyperparameters(ignore=["tokenizer"])
+        # JSON-friendly (paths as strings) so checkpoints load with weights_only=True. The task records the
+        # tokenizer it uses; a second "tokenizer" hparam here would clash with it when Lightning merges them.
+        self.save_hyperparameters(
+            {
+                "data_files": _jsonable_paths(data_files),
+                "dataset_name": dataset_name,
+                "text_field": text_field,
+                "vocab_size": vocab_size,
+                "block_size": block_size,
+                "batch_size": batch_size,
+                "num_workers": num_workers,
+                "val_fraction": val_fraction,
+                "test_fraction": test_fraction,
+                "seed": seed,
+                "max_files": max_files,
+                "max_bytes": max_bytes,
+                "tokenizer_cache_dir": _jsonable_paths(tokenizer_cache_dir),
+            }
+        )
 
     # -- documents -------------------------------------------------------------------------------------------
     def load_documents(self) -> list[Document] | dict[str, list[Document]]:
@@ -370,6 +387,14 @@ class TextDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def _jsonable_paths(value):
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return [os.fspath(v) for v in value]
 
 
 def _count(fraction: float, n: int) -> int:

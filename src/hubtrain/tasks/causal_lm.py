@@ -197,6 +197,10 @@ class CausalLMTask(pl.LightningModule):
             self.tokenizer = load_tokenizer(tokenizer)
         vocab = len(self.tokenizer) if self.tokenizer is not None else None
         self.model = build_causal_lm(model, vocab_size=vocab, **(model_kwargs or {}))
+        # Fresh weights may still be resized to a tokenizer adopted from the datamodule at setup; trained ones not.
+        self._fresh = isinstance(model, (dict, PretrainedConfig)) or (
+            isinstance(model, str) and model.startswith(RESNET_BK_PREFIX)
+        )
         self._check_vocab()
         self._sync_special_tokens()
         # JSON-friendly hyperparameters: the architecture travels as its config dict, the tokenizer as its folder.
@@ -255,6 +259,11 @@ class CausalLMTask(pl.LightningModule):
         if self.tokenizer is None and getattr(dm, "tokenizer", None) is not None:
             self.tokenizer = dm.tokenizer
             self.hparams["tokenizer"] = _tokenizer_folder(self.tokenizer)
+            if self._fresh and len(self.tokenizer) != self.model.config.vocab_size:
+                # Untrained weights: size the vocabulary to the tokenizer now (before DDP wraps or the optimiser
+                # sees the parameters), and record the new config so checkpoints rebuild the same shapes.
+                self.model.resize_token_embeddings(len(self.tokenizer))
+                self.hparams["model"] = self.model.config.to_dict()
             self._check_vocab()
             self._sync_special_tokens()
 
@@ -280,6 +289,8 @@ class CausalLMTask(pl.LightningModule):
         out = self.model(input_ids=batch["input_ids"], labels=labels)
         n = self._count("train", batch)
         self.log("train/loss", out.loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        if getattr(out, "lm_loss", None) is not None:  # ResNet-BK reports the bare cross-entropy separately
+            self.log("train/lm_loss", out.lm_loss, on_step=True, on_epoch=False, batch_size=n)
         return out.loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -340,7 +351,7 @@ class CausalLMTask(pl.LightningModule):
         elapsed = time.perf_counter() - self._clock.get(stage, time.perf_counter())
         if elapsed > 0:
             values[f"{stage}/tokens_per_s"] = torch.tensor(self._tokens.get(stage, 0) * self.trainer.world_size / elapsed)
-        self.log_dict(values, prog_bar=stage == "val")
+        self.log_dict(values, prog_bar=stage == "val", sync_dist=True)  # loss is already reduced; this averages tokens/s
         return {k: float(v) for k, v in values.items()}
 
     # -- optimisation ---------------------------------------------------------------------------------------------
