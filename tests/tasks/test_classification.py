@@ -262,3 +262,27 @@ def test_from_pretrained_rejects_other_tasks_and_missing_folders(trained, tmp_pa
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="NoSuchTask"):
         ImageClassifier.from_pretrained(folder)
+
+
+def test_hparams_are_json_and_rebuild_the_task():
+    import torchmetrics
+
+    metrics = [MetricConfig("auroc", metric_class=torchmetrics.classification.MulticlassAUROC, params={"num_classes": 3}, stages=["val"])]
+    model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False, drop_rate=0.1), num_classes=3, metrics=metrics)
+    hparams = json.loads(json.dumps(dict(model.hparams)))
+    assert hparams["metrics"][0]["metric_class"] == "torchmetrics.classification.auroc.MulticlassAUROC"
+    rebuilt = ImageClassifier(**hparams)
+    assert rebuilt.monitor == ("val/loss", "min")  # no accuracy metric -> follow the loss
+    assert rebuilt.backbone.backbone_spec == model.backbone.backbone_spec
+
+
+def test_compiled_forward_matches_and_keeps_parameter_names():
+    torch.manual_seed(0)
+    plain = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3)
+    compiled = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3,
+                               compile_model=True, compile_kwargs={"backend": "eager"})
+    compiled.load_state_dict(plain.state_dict())  # same names: checkpoints move between the two
+    x = torch.randn(2, 3, 32, 32)
+    plain.eval(), compiled.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), plain(x))

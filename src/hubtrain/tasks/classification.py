@@ -30,6 +30,7 @@ class ImageClassifier(BaseTask):
         head_dropout: dropout before the linear head.
         freeze_backbone: train the head only; the frozen backbone also stays in eval mode (fixed BN statistics).
         compile_model: ``torch.compile`` the forward pass. Off by default: on CPU it costs far more than it saves.
+        compile_kwargs: passed to ``torch.compile`` (``{"mode": "max-autotune"}``, ``{"backend": "eager"}``).
         class_names: names for the outputs, written to ``config.json`` (``id2label``) on ``save_pretrained``.
         pretrained: override the backbone's ``pretrained`` flag (``None`` keeps it; a bare name means ``True``).
     """
@@ -52,6 +53,7 @@ class ImageClassifier(BaseTask):
         head_dropout: float = 0.0,
         freeze_backbone: bool = False,
         compile_model: bool = False,
+        compile_kwargs: dict[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
         pretrained: bool | None = None,
     ) -> None:
@@ -85,7 +87,7 @@ class ImageClassifier(BaseTask):
         if freeze_backbone:
             self.backbone.requires_grad_(False)
         # A compiled function, not a compiled module: parameter names (and so checkpoints) stay the same.
-        self._compiled = torch.compile(self._logits) if compile_model else None
+        self._compiled = torch.compile(self._logits, **(compile_kwargs or {})) if compile_model else None
         self.save_hyperparameters()
 
     @property
