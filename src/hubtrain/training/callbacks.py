@@ -93,13 +93,16 @@ class AutoModelCheckpoint(ModelCheckpoint):
         )
 
     def _resolve(self, trainer: pl.Trainer) -> None:
-        if self._resolved or trainer.sanity_checking:
+        from pytorch_lightning.trainer.states import TrainerFn
+
+        if self._resolved or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         logged = trainer.callback_metrics
         for name, mode in self.candidates:
             if name in logged:
                 self.monitor, self.mode = name, mode
-                self.kth_value = torch.tensor(math.inf if mode == "min" else -math.inf)
+                if not self.best_k_models:  # a restored top-k keeps its threshold
+                    self.kth_value = torch.tensor(math.inf if mode == "min" else -math.inf)
                 self.filename = slash_safe_filename(f"best-{{epoch:02d}}-{{{name}:.4f}}")
                 self.auto_insert_metric_name = False
                 break

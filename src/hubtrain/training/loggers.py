@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
 
 BACKENDS = ("csv", "tensorboard", "mlflow", "wandb")
 
@@ -71,7 +72,8 @@ class LoggerConfig:
                 # A local store in the run directory, no server. MLflow 3 refuses its old file store unless
                 # MLFLOW_ALLOW_FILE_STORE=true, so the local default is its recommended SQLite database.
                 local = Path(params.pop("save_dir", save_dir)).resolve()
-                local.mkdir(parents=True, exist_ok=True)
+                if rank_zero_only.rank == 0:  # only rank 0 opens the database
+                    local.mkdir(parents=True, exist_ok=True)
                 params["tracking_uri"] = f"sqlite:///{local / 'mlflow.db'}"
                 params.setdefault("artifact_location", (local / "mlartifacts").as_uri())
             params.setdefault("experiment_name", "hubtrain")

@@ -235,6 +235,11 @@ class AutoTrainer(pl.Trainer):
             make_slash_safe(cb)
             if cb.dirpath is None:
                 cb.dirpath = ckpt_dir
+        if self._user_checkpoints and (self.checkpoint_monitor or self.checkpoint_mode):
+            rank_zero_warn(
+                "AutoTrainer: checkpoint_monitor/checkpoint_mode are ignored because you passed your own ModelCheckpoint;"
+                " set monitor/mode on it instead"
+            )
         if self._user_checkpoints or not self._enable_checkpointing or self.fast_dev_run:
             return  # (Lightning's on_train_end would still write a save_last file under fast_dev_run)
         self.callbacks = [cb for cb in self.callbacks if cb not in self._lightning_default_checkpoints]
