@@ -10,6 +10,7 @@ Fixtures (see each docstring):
   folder (``hf_cache.add_folder("org/name", folder)``, e.g. a transformers ``save_pretrained`` folder).
 - ``timm_folder``: factory for a ``local-dir:`` folder (timm ``save_for_hf`` layout).
 - ``image_folder``: factory for a tiny ``train/<class>/`` image-folder dataset with learnable classes.
+- ``one_thread``: run the test with ``torch.set_num_threads(1)`` (tiny models on a shared 2-core machine).
 """
 from __future__ import annotations
 
@@ -249,3 +250,14 @@ def image_folder(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine train faster single-threaded than fighting for both cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

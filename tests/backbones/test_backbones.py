@@ -149,3 +149,10 @@ def test_unreachable_hub_fails_within_seconds(tmp_path):
         seconds, message = line.split("\t")
         assert float(seconds) < 10.0, line
         assert "hf-hub:timm/x" in message and "pretrained=False" in message and "could not be reached" in message
+
+
+def test_a_built_backbone_is_accepted_as_is():
+    backbone = create_backbone("test_resnet", pretrained=False)
+    assert create_backbone(backbone) is backbone
+    with pytest.raises(ValueError, match="features_only"):
+        create_backbone(backbone, features_only=True)

@@ -16,15 +16,6 @@ IMAGE_SIZE = 24
 TARGET_VAL_ACCURACY = 0.90  # measured 0.97 after 3 epochs (seed 0); 0.90 leaves room for platform noise
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models on a shared 2-core machine run faster single-threaded than fighting for both cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _trainer(tmp_path, **kwargs) -> pl.Trainer:
     defaults = dict(
         accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,

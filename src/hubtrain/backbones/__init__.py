@@ -65,6 +65,14 @@ def create_backbone(
     Pretrained weights come from the local Hugging Face cache first; when they are neither cached nor reachable
     within seconds, ``hubtrain.errors.OfflineModelError`` says how to proceed.
     """
+    if isinstance(spec, nn.Module) and hasattr(spec, "backbone_spec"):
+        # Already built by create_backbone: use it as is (its weights included).
+        if bool(getattr(spec, "features_only", False)) != features_only:
+            raise ValueError(
+                f"this backbone was built with features_only={not features_only}; build another with "
+                f"create_backbone(backbone.backbone_spec, features_only={features_only})."
+            )
+        return spec
     if _is_transformers_object(spec):
         from .transformers_backbone import create_transformers_backbone
 
