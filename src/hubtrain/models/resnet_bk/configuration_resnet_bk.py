@@ -86,7 +86,7 @@ class ResNetBKConfig(PretrainedConfig):
     use_act: bool = False
     act_halt_threshold: float = 0.01
     act_ponder_weight: float = 0.01
-    scan_chunk_size: int = 16
+    scan_chunk_size: int = 32
     norm_eps: float = 1e-5
     initializer_range: float = 0.02
     use_cache: bool = True

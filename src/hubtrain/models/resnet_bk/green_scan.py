@@ -116,6 +116,14 @@ def _shift(x: Tensor, d: int, dim: int, value: float) -> Tensor:
     return F.pad(x, pads, value=value)
 
 
+def _matrix_total(mr: Tensor, mi: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """The product M_{n-1} ... M_0 along ``dim`` (length a power of two) by a pairwise tree: O(n) products."""
+    while mr.shape[dim] > 1:
+        pr, pi = mr.unflatten(dim, (-1, 2)), mi.unflatten(dim, (-1, 2))
+        mr, mi = _cmatmul(pr.select(dim + 1, 1), pi.select(dim + 1, 1), pr.select(dim + 1, 0), pi.select(dim + 1, 0))
+    return mr.squeeze(dim), mi.squeeze(dim)
+
+
 def _matrix_prefix(mr: Tensor, mi: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     """Inclusive prefix products P_k = M_k ... M_0 along ``dim`` by log-depth doubling (Hillis-Steele).
 
@@ -173,7 +181,7 @@ def green_scan(
     z_im: Tensor,
     u_re: Tensor,
     u_im: Optional[Tensor] = None,
-    chunk_size: int = 16,
+    chunk_size: int = 32,
 ) -> GreenState:
     """Green's-function scan for all positions at once.
 
@@ -190,7 +198,8 @@ def green_scan(
         raise ValueError(f"green_scan: chunk_size must be >= 1, got {chunk_size}")
     B, N, H = a.shape
     P = u_re.shape[-1]
-    L = min(chunk_size, N)
+    # chunk length: a power of two (the product tree pairs neighbours), no longer than needed
+    L = min(1 << (chunk_size.bit_length() - 1), 1 << (N - 1).bit_length())
     C = -(-N // L)
     pad = C * L - N
     t_prev = _shift_right(hop, 1)  # t_prev[:, i] = t_{i-1}, 0 at the first position
@@ -201,45 +210,67 @@ def green_scan(
         if u_im is not None:
             u_im = torch.cat([u_im, u_im.new_zeros(B, pad, H, P)], 1)
 
-    # --- g: [p_i, q_i] = M_i [p_{i-1}, q_{i-1}], M_i = [[0, 1], [-t_{i-1}^2, a_i - z]], g_i = p_i / q_i
+    # --- g: [p_i, q_i] = M_i [p_{i-1}, q_{i-1}], M_i = [[0, 1], [-t_{i-1}^2, a_i - z]], g_i = p_i / q_i.
+    # Chunk totals by a pairwise product tree (O(N) work), prefixes across chunks by doubling (O(C log C)),
+    # then inside each chunk the recurrence itself, all chunks at once, from the g entering the chunk.
+    t2 = t_prev * t_prev
+    c_re = a - z_re
     zero = torch.zeros_like(a)
-    one = torch.ones_like(a)
-    m_re = torch.stack([torch.stack([zero, one], -1), torch.stack([-(t_prev * t_prev), a - z_re], -1)], -2)
+    m_re = torch.stack([torch.stack([zero, torch.ones_like(a)], -1), torch.stack([-t2, c_re], -1)], -2)
     m_im = torch.stack([torch.stack([zero, zero], -1), torch.stack([zero, (-z_im).expand_as(a)], -1)], -2)
-    m_re, m_im = m_re.view(B, C, L, H, 2, 2), m_im.view(B, C, L, H, 2, 2)
-    p_re, p_im = _matrix_prefix(m_re, m_im, dim=2)  # within each chunk
-    tot_re, tot_im = _matrix_prefix(p_re[:, :, -1], p_im[:, :, -1], dim=1)  # across chunks: (B, C, H, 2, 2)
-    # state vector [p, q] entering each chunk: (prefix of earlier chunks) @ [0, 1]; [0, 1] itself for chunk 0
-    v_re = _shift_right(tot_re[..., :, 1], 1)
-    v_im = _shift_right(tot_im[..., :, 1], 1)
-    v_re = v_re.clone()
-    v_re[:, 0, :, 1] = 1.0
-    v_re, v_im = v_re[:, :, None, :, None, :], v_im[:, :, None, :, None, :]  # (B, C, 1, H, 1, 2)
-    pq_re = (p_re * v_re - p_im * v_im).sum(-1)  # (B, C, L, H, 2)
-    pq_im = (p_re * v_im + p_im * v_re).sum(-1)
-    pr, pi, qr, qi = pq_re[..., 0], pq_im[..., 0], pq_re[..., 1], pq_im[..., 1]
+    tot_re, tot_im = _matrix_total(m_re.view(B, C, L, H, 2, 2), m_im.view(B, C, L, H, 2, 2), dim=2)
+    pre_re, pre_im = _matrix_prefix(tot_re, tot_im, dim=1)  # (B, C, H, 2, 2): chunks 0..c
+    # [p, q] entering chunk c is (product of chunks < c) @ [0, 1]; g = p / q (g = 0 before the first position)
+    pr, pi = _shift_right(pre_re[..., 0, 1], 1), _shift_right(pre_im[..., 0, 1], 1)
+    qr, qi = _shift_right(pre_re[..., 1, 1], 1), _shift_right(pre_im[..., 1, 1], 1)
+    qr = qr + F.pad(qr.new_ones(B, 1, H), (0, 0, 0, C - 1))  # chunk 0 starts from q = 1
     qq = qr * qr + qi * qi
-    g_re = (pr * qr + pi * qi) / qq  # (B, C, L, H)
-    g_im = (pi * qr - pr * qi) / qq
+    g_r, g_i = (pr * qr + pi * qi) / qq, (pi * qr - pr * qi) / qq  # (B, C, H)
+    gs_re, gs_im = [], []
+    neg_eta = -z_im
+    for c_i, t2_i in zip(c_re.view(B, C, L, H).unbind(2), t2.view(B, C, L, H).unbind(2)):
+        d_re = c_i - t2_i * g_r
+        d_im = neg_eta - t2_i * g_i
+        den = d_re * d_re + d_im * d_im  # >= eta^2
+        g_r, g_i = d_re / den, -d_im / den
+        gs_re.append(g_r)
+        gs_im.append(g_i)
+    g_re, g_im = torch.stack(gs_re, 2), torch.stack(gs_im, 2)  # (B, C, L, H)
 
-    # --- y: y_i = A_i y_{i-1} + b_i with A_i = -t_{i-1} g_i, b_i = g_i u_i
-    t = t_prev.view(B, C, L, H)
-    A_re, A_im = -t * g_re, -t * g_im
-    ur = u_re.view(B, C, L, H, P)
-    gr, gi = g_re.unsqueeze(-1), g_im.unsqueeze(-1)
-    if u_im is None:
-        b_re, b_im = gr * ur, gi * ur
-    else:
-        ui = u_im.view(B, C, L, H, P)
-        b_re, b_im = gr * ur - gi * ui, gr * ui + gi * ur
-    cA_re, cA_im, loc_re, loc_im = _affine_prefix(A_re, A_im, b_re, b_im, dim=2)
-    # chunk ends: y_end_c = cA_end_c * y_end_{c-1} + loc_end_c, scanned across chunks
-    _, _, end_re, end_im = _affine_prefix(cA_re[:, :, -1], cA_im[:, :, -1], loc_re[:, :, -1], loc_im[:, :, -1], dim=1)
+    # --- y: y_i = g_i (u_i - t_{i-1} y_{i-1}) = A_i y_{i-1} + g_i u_i with A_i = -t_{i-1} g_i.
+    # Inside chunks the recurrence from y = 0 (all chunks at once), with the running products of A;
+    # across chunks the affine maps (A-product, local end) by doubling; then add each chunk's incoming y.
+    t_l = t_prev.view(B, C, L, H).unbind(2)
+    gr_l, gi_l = g_re.unbind(2), g_im.unbind(2)
+    ur_l = u_re.view(B, C, L, H, P).unbind(2)
+    ui_l = u_im.view(B, C, L, H, P).unbind(2) if u_im is not None else None
+    loc_re, loc_im, cA_re, cA_im = [], [], [], []
+    for k in range(L):
+        gr, gi = gr_l[k].unsqueeze(-1), gi_l[k].unsqueeze(-1)
+        if k == 0:  # the chunk's own first position: no incoming state (that is added below)
+            w_re, w_im = ur_l[0], (ui_l[0] if ui_l is not None else None)
+            a_re, a_im = -t_l[0] * gr_l[0], -t_l[0] * gi_l[0]
+        else:
+            tk = t_l[k].unsqueeze(-1)
+            w_re = ur_l[k] - tk * y_r
+            w_im = -tk * y_i if ui_l is None else ui_l[k] - tk * y_i
+            A_re, A_im = -t_l[k] * gr_l[k], -t_l[k] * gi_l[k]
+            a_re, a_im = A_re * a_re - A_im * a_im, A_re * a_im + A_im * a_re
+        if w_im is None:
+            y_r, y_i = gr * w_re, gi * w_re
+        else:
+            y_r, y_i = gr * w_re - gi * w_im, gr * w_im + gi * w_re
+        loc_re.append(y_r)
+        loc_im.append(y_i)
+        cA_re.append(a_re)
+        cA_im.append(a_im)
+    # chunk ends: y_end_c = (A-product of chunk c) y_end_{c-1} + (local end of chunk c), scanned across chunks
+    _, _, end_re, end_im = _affine_prefix(cA_re[-1], cA_im[-1], loc_re[-1], loc_im[-1], dim=1)
     yin_re = _shift_right(end_re, 1).unsqueeze(2)  # y entering each chunk: (B, C, 1, H, P)
     yin_im = _shift_right(end_im, 1).unsqueeze(2)
-    cr, ci = cA_re.unsqueeze(-1), cA_im.unsqueeze(-1)
-    y_re = loc_re + cr * yin_re - ci * yin_im
-    y_im = loc_im + cr * yin_im + ci * yin_re
+    cr, ci = torch.stack(cA_re, 2).unsqueeze(-1), torch.stack(cA_im, 2).unsqueeze(-1)
+    y_re = torch.stack(loc_re, 2) + cr * yin_re - ci * yin_im
+    y_im = torch.stack(loc_im, 2) + cr * yin_im + ci * yin_re
 
     g_re, g_im = g_re.reshape(B, C * L, H)[:, :N], g_im.reshape(B, C * L, H)[:, :N]
     y_re, y_im = y_re.reshape(B, C * L, H, P)[:, :N], y_im.reshape(B, C * L, H, P)[:, :N]
