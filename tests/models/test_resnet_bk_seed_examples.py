@@ -114,7 +114,7 @@ def test_seed_example_3_custom_model_creation():
 
     assert model.config.d_model == 512 and model.config.n_layers == 12
     assert model.config.use_birman_schwinger is True
-    assert len(model.model.layers) == 12 if hasattr(model, "model") and hasattr(model.model, "layers") else True
+    assert len(model.model.layers) == 12
     with torch.no_grad():
         logits = model(torch.randint(0, model.config.vocab_size, (1, 16))).logits
     assert logits.shape == (1, 16, model.config.vocab_size) and torch.isfinite(logits).all()
