@@ -165,8 +165,12 @@ class TrainingCurvesCallback(Callback):
             self.save(self.output_path(trainer))
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # an interrupted run still leaves its curves so far
-        self.on_train_end(trainer, pl_module)
+        # An interrupted run still leaves its curves so far, but a failure to draw them must not
+        # replace the exception the user needs to see.
+        try:
+            self.on_train_end(trainer, pl_module)
+        except OSError as err:
+            rank_zero_warn(f"training curves not written after the interruption: {err}")
 
     def output_path(self, trainer: pl.Trainer) -> Path:
         base = self.dirpath or Path(getattr(trainer, "run_dir", None) or trainer.log_dir or trainer.default_root_dir)
