@@ -164,3 +164,12 @@ def test_synthetic_shapes_are_deterministic_and_consistent():
     data.setup("fit")
     image, mask = data.val_dataset[0]
     assert image.shape == (3, 48, 48) and set(mask.unique().tolist()) <= {0, 1, 2, 3}
+
+
+def test_from_backbone_takes_the_backbones_normalisation():
+    data = SegmentationDataModule.from_backbone("test_vit", dataset_name="synthetic_shapes", image_size=32)
+    import timm
+
+    expected = timm.data.resolve_data_config({}, model=timm.create_model("test_vit", pretrained=False))
+    assert data.preprocessing["mean"] == tuple(expected["mean"]) and data.preprocessing["std"] == tuple(expected["std"])
+    assert data.preprocessing["input_size"] == (3, 32, 32)

@@ -143,7 +143,7 @@ def trained(tmp_path_factory):
 def test_learns_synthetic_shapes(trained):
     model, trainer, data = trained
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    # Measured here: val/map_50 0.95-0.99 and val/map 0.57-0.73 after 4-6 epochs.
+    # Measured here (seeds 0-2): val/map_50 0.90-0.99, val/map 0.57-0.73; an untrained head scores ~0.
     assert metrics["val/map_50"] > 0.6, metrics
     assert metrics["val/map"] > 0.3, metrics
     assert model.monitor == ("val/map", "max")

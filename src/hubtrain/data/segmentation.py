@@ -244,6 +244,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
 
+    @classmethod
+    def from_backbone(cls, backbone: Any, **kwargs: Any) -> "SegmentationDataModule":
+        """A data module normalising as ``backbone`` expects (a backbone, a task, or a name built without weights)."""
+        if not hasattr(getattr(backbone, "backbone", backbone), "data_config"):
+            from hubtrain.backbones import create_backbone
+
+            backbone = create_backbone(backbone, pretrained=False)
+        return cls(transform_config=backbone, **kwargs)
+
     @property
     def preprocessing(self) -> dict[str, Any]:
         """The evaluation preprocessing as a timm data config (tasks store it in checkpoints and config.json)."""
