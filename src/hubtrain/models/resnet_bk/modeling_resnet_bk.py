@@ -62,7 +62,7 @@ def prime_bump_potential(positions: Tensor, k_max: int) -> Tensor:
     """
     n = max(int(positions.max().item()) if positions.numel() else 1, 1)
     n = 1 << (n - 1).bit_length()
-    return _prime_bump_table(n, k_max).to(positions.device)[positions.long().clamp_min(0)]
+    return _prime_bump_table(n, k_max).to(positions.device)[positions.long()]
 
 
 def semiseparable_scan(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = None, chunk_size: int = 64):
