@@ -93,7 +93,7 @@ def test_loss_refuses_logits_at_another_resolution():
 def test_decoder_and_encoder_strides_are_what_they_claim():
     x = torch.randn(2, 3, 64, 64)
     model = SemanticSegmentor("test_resnet", num_classes=3, output_stride=16, **TINY).eval()
-    assert (model.encoder_stride, model.output_stride) == (16, 4)
+    assert (model.encoder_stride, model.decoder_stride) == (16, 4)
     with torch.no_grad():
         assert model.backbone(x)[-1].shape[-2:] == (64 // 16, 64 // 16)
         assert model.forward_logits(x).shape == (2, 3, 64 // 4, 64 // 4)
@@ -103,7 +103,7 @@ def test_decoder_and_encoder_strides_are_what_they_claim():
     assert model.head.atrous_rates == (6, 12, 18)
 
     fcn = SemanticSegmentor("test_resnet", num_classes=3, head_type="fcn", output_stride=8, **TINY).eval()
-    assert (fcn.encoder_stride, fcn.output_stride) == (8, 8)
+    assert (fcn.encoder_stride, fcn.decoder_stride) == (8, 8)
     with torch.no_grad():
         assert fcn.forward_logits(x).shape == (2, 3, 8, 8)
     os32 = SemanticSegmentor("test_resnet", num_classes=3, output_stride=32, **TINY)
@@ -123,6 +123,16 @@ def test_decoder_and_encoder_strides_are_what_they_claim():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SemanticSegmentor("test_resnet", **{"num_classes": 3, **TINY, **kwargs})
+
+
+def test_custom_metrics_and_monitor_fallback():
+    from hubtrain.metrics import MetricConfig
+
+    f1 = MetricConfig("f1", metric_class="F1Score", params={"task": "multiclass", "num_classes": 3,
+                                                          "ignore_index": 255}, stages=["val"])
+    model = SemanticSegmentor("test_resnet", num_classes=3, metrics=[f1], **TINY)
+    assert model.monitor == ("val/loss", "min")  # no val/mIoU to follow
+    assert list(model.metrics.metrics("val")) == ["val/f1"]
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +174,7 @@ def test_save_pretrained_round_trip_gives_identical_outputs(trained, tmp_path):
     folder = model.save_pretrained(tmp_path / "segmentor")
     assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "config.json", "README.md"}
     loaded = SemanticSegmentor.from_pretrained(folder)
-    assert loaded.class_names == data.class_names and loaded.output_stride == model.output_stride
+    assert loaded.class_names == data.class_names and loaded.decoder_stride == model.decoder_stride
     images, _ = next(iter(data.val_dataloader()))
     model.eval()
     with torch.no_grad():
@@ -200,7 +210,7 @@ def test_transformers_backbones_give_full_resolution_logits(config_name, tmp_pat
     model = SemanticSegmentor(config, num_classes=3, aspp_channels=16, decoder_channels=16, low_level_channels=8).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        assert model.forward_logits(x).shape[-1] == 64 // model.output_stride
+        assert model.forward_logits(x).shape[-1] == 64 // model.decoder_stride
         assert model(x).shape == (2, 3, 64, 64)
         loaded = SemanticSegmentor.from_pretrained(model.save_pretrained(tmp_path / "seg"))
         assert torch.equal(model(x), loaded(x))

@@ -129,7 +129,8 @@ class ObjectDetector(BaseTask):
 
     @property
     def monitor(self) -> tuple[str, str]:
-        return ("val/map", "max")
+        has_map = any(c.name == "map" and "val" in c.stages for c in self.metric_configs)
+        return ("val/map", "max") if has_map else ("val/loss", "min")
 
     def _raw(self, images: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor], list[int]]:
         levels = self.fpn(self.backbone(images)[-3:])

@@ -66,6 +66,7 @@ class SemanticSegmentor(BaseTask):
         class_weights: per-class weights for CE / focal.
         output_stride: encoder stride for timm backbones (16 dilates the last stage, as in DeepLabV3+);
             transformers backbones keep their own strides, and the head adapts to the stride they report.
+            ``model.encoder_stride`` is the stride obtained, ``model.decoder_stride`` that of the logits.
         metrics: ``MetricConfig`` list; ``None`` gives mIoU and pixel accuracy. Per-class IoU is always logged
             on val/test as ``{stage}/IoU_<class>``.
         lr, weight_decay, optimizer, scheduler, optimizer_kwargs, scheduler_kwargs: see ``BaseTask``.
@@ -161,15 +162,16 @@ class SemanticSegmentor(BaseTask):
 
     @property
     def monitor(self) -> tuple[str, str]:
-        return ("val/mIoU", "max")
+        has_miou = any(c.name == "mIoU" for c in self.metrics.configs_for("val"))
+        return ("val/mIoU", "max") if has_miou else ("val/loss", "min")
 
     @property
-    def output_stride(self) -> int:
-        """Stride of the head's logits relative to the input, before upsampling."""
+    def decoder_stride(self) -> int:
+        """Stride of the head's logits relative to the input, before upsampling (4 for DeepLabV3+)."""
         return self.head.output_stride
 
     def forward_logits(self, images: Tensor) -> Tensor:
-        """Logits at the head's output stride, ``(B, C, H / output_stride, W / output_stride)``."""
+        """Logits at the head's stride, ``(B, C, H / decoder_stride, W / decoder_stride)``."""
         return self.head(self.backbone(images))
 
     def forward(self, images: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
