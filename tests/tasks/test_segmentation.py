@@ -110,6 +110,19 @@ def test_decoder_and_encoder_strides_are_what_they_claim():
     assert os32.encoder_stride == 32 and os32.head.atrous_rates == (3, 6, 9)
 
 
+def test_loss_and_metrics_see_every_pixel_of_a_larger_mask():
+    model = SemanticSegmentor("test_resnet", num_classes=3, **TINY).eval()
+    images = torch.randn(2, 3, 32, 32)
+    masks = torch.randint(0, 3, (2, 64, 64))
+    masks[:, :8] = 255
+    with torch.no_grad(), pytest.warns(UserWarning, match="self.log"):  # no trainer attached: logging is skipped
+        model.validation_step((images, masks), 0)
+    confmat = model.per_class_iou["val"].confmat
+    assert int(confmat.sum()) == 2 * 56 * 64  # every labelled pixel of the 64x64 masks, none of the ignored ones
+    accuracy = model.metrics.metrics("val")["val/pixel_accuracy"]
+    assert int(accuracy.tp.sum() + accuracy.fn.sum()) == 2 * 56 * 64
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
