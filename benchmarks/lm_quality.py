@@ -1,0 +1,348 @@
+"""Does ResNet-BK learn as well as the alternatives?  ResNet-BK vs GPT-2 vs Mamba, measured side by side.
+
+Same tokenizer (a byte-level BPE trained on the training files), same data (the Python standard library sources by
+default, or any text folder with ``--data``), same token budget, same schedule (AdamW, warmup + cosine, clipping)
+and the same training loop (``CausalLMTask`` under Lightning) for every model; models are matched on NON-embedding
+parameters (within 5%; token/position embeddings and the output projection are excluded). Every (model, context)
+run happens in its own subprocess, so its peak resident memory (``ru_maxrss``) is its own.
+
+* ResNet-BK: ``hubtrain.models.resnet_bk`` (the "1M" preset's shape by default).
+* GPT-2: ``transformers`` ``GPT2LMHeadModel`` with SDPA attention; its MLP width is tuned to match parameters.
+* Mamba: ``transformers`` ``MambaForCausalLM`` with ``use_mambapy=True``, i.e. the mamba.py parallel scan (pscan)
+  on CPU; its width is tuned to match parameters.
+
+Reports validation loss (nats/token), perplexity, bits/byte, training tokens/s and peak memory in a Markdown table
+(``benchmarks/results/lm_quality.md``) and the validation curves as a PNG. Run::
+
+    python benchmarks/lm_quality.py                 # built-in corpus, contexts 256 and 2048
+    python benchmarks/lm_quality.py --quick         # smoke test: tiny models, a few steps
+    python benchmarks/lm_quality.py --data ~/texts --contexts 512 4096 --train-tokens 2000000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("resnet_bk", "gpt2", "mamba")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models matched on non-embedding parameters
+# ---------------------------------------------------------------------------------------------------------------
+def non_embedding_parameters(model: torch.nn.Module) -> int:
+    """All parameters except every ``nn.Embedding`` (tokens, positions) and the output projection."""
+    skip = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None:
+        skip.add(id(out.weight))
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in skip and id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def _config(kind: str, vocab: int, context: int, size: dict[str, Any], knob: int):
+    from transformers import GPT2Config, MambaConfig
+
+    if kind == "resnet_bk":
+        import hubtrain.models.resnet_bk  # noqa: F401  (registers the config)
+        from hubtrain.models.resnet_bk import ResNetBKConfig
+        from hubtrain.models.resnet_bk.presets import RESNET_BK_PRESETS
+
+        base = {**RESNET_BK_PRESETS["1M"], **size.get("resnet_bk", {})}
+        return ResNetBKConfig(**{**base, "vocab_size": vocab, "n_seq": context, "ffn_dim": knob or base["ffn_dim"]})
+    if kind == "gpt2":
+        g = size["gpt2"]
+        return GPT2Config(
+            vocab_size=vocab, n_positions=context, n_embd=g["n_embd"], n_layer=g["n_layer"], n_head=g["n_head"],
+            n_inner=knob, bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa",
+        )
+    if kind == "mamba":
+        m = size["mamba"]
+        return MambaConfig(
+            vocab_size=vocab, hidden_size=knob, num_hidden_layers=m["num_hidden_layers"], state_size=16, expand=2,
+            use_mambapy=True, use_associative_scan=False, use_cache=False,
+        )
+    raise ValueError(f"unknown model {kind!r}; choose from {MODELS}")
+
+
+def _count(kind: str, vocab: int, context: int, size: dict, knob: int) -> int:
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return non_embedding_parameters(AutoModelForCausalLM.from_config(_config(kind, vocab, context, size, knob)))
+
+
+def matched_configs(vocab: int, context: int, size: dict) -> dict[str, Any]:
+    """ResNet-BK's shape is the reference; GPT-2's MLP width and Mamba's width are searched to match its count."""
+    target = _count("resnet_bk", vocab, context, size, 0)
+    out = {"resnet_bk": (_config("resnet_bk", vocab, context, size, 0), target)}
+    for kind, lo, hi, step in (("gpt2", 8, 8192, 8), ("mamba", 16, 1024, 8)):
+        best = min(range(lo, hi, step), key=lambda k: abs(_count(kind, vocab, context, size, k) - target))
+        n = _count(kind, vocab, context, size, best)
+        if abs(n - target) > 0.05 * target:
+            raise ValueError(f"could not match {kind} to {target:,} non-embedding parameters (best {n:,})")
+        out[kind] = (_config(kind, vocab, context, size, best), n)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One run (in a subprocess)
+# ---------------------------------------------------------------------------------------------------------------
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def worker(args: argparse.Namespace) -> None:
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+    from safetensors.torch import load_file
+
+    from hubtrain.data.text import PackedBlocks
+    from hubtrain.data.tokenizer import load_tokenizer
+    from hubtrain.tasks.causal_lm import CausalLMTask
+
+    torch.set_num_threads(args.threads)
+    spec = json.loads(Path(args.spec).read_text())
+    streams = load_file(spec["streams"])
+    ctx, batch = spec["context"], spec["batch_size"]
+    train = PackedBlocks(streams["train"], ctx)
+    val = PackedBlocks(streams["val"][: spec["val_tokens"] + 1], ctx)
+    g = torch.Generator().manual_seed(spec["seed"])
+    train_loader = DataLoader(train, batch_size=batch, shuffle=True, generator=g, drop_last=True)
+    val_loader = DataLoader(val, batch_size=batch)
+
+    from transformers import AutoConfig
+
+    if spec["model"] == "resnet_bk":
+        import hubtrain.models.resnet_bk  # noqa: F401
+    cfg = dict(spec["config"])
+    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    pl.seed_everything(spec["seed"], verbose=False)
+    task = CausalLMTask(config, tokenizer=load_tokenizer(spec["tokenizer"]), lr=spec["lr"], warmup_steps=spec["warmup"])
+    rss_before = _rss_mb()
+
+    class Clock(pl.Callback):
+        def __init__(self) -> None:
+            self.train_s, self.tokens, self.curve, self._t = 0.0, 0, [], 0.0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.train_s += time.perf_counter() - self._t
+            self.tokens += batch["input_ids"].numel()
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            self.curve.append((self.tokens, pl_module.val_metrics["val/loss"]))
+
+    clock = Clock()
+    steps = spec["steps"]
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=steps, max_epochs=None, val_check_interval=max(1, steps // spec["evals"]),
+        check_val_every_n_epoch=None, num_sanity_val_steps=0, gradient_clip_val=1.0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+    )
+    trainer.fit(task, train_loader, val_loader)
+    if not clock.curve or clock.curve[-1][0] != clock.tokens:
+        trainer.validate(task, val_loader, verbose=False)
+    loss = clock.curve[-1][1]
+    result = {
+        "model": spec["model"],
+        "context": ctx,
+        "non_embedding_parameters": non_embedding_parameters(task.model),
+        "train_tokens": clock.tokens,
+        "val_loss": loss,
+        "val_perplexity": math.exp(loss),
+        "val_bits_per_byte": loss / math.log(2) / spec["val_bytes_per_token"],
+        "train_tokens_per_s": clock.tokens / clock.train_s,
+        "train_seconds": clock.train_s,
+        "peak_rss_mb": _rss_mb(),
+        "rss_before_training_mb": rss_before,
+        "curve": clock.curve,
+        "finite": all(math.isfinite(v) for _, v in clock.curve),
+    }
+    Path(args.result).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="text file / folder / glob (default: the Python stdlib sources)")
+    p.add_argument("--contexts", type=int, nargs="+", default=[256, 2048])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--train-tokens", type=int, default=400_000, help="training tokens per run (equal for all)")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per optimizer step (batch = this / context)")
+    p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument("--d-model", type=int, default=128, help="width of ResNet-BK and GPT-2 (128 = the '1M' preset)")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--evals", type=int, default=5, help="validation points per run")
+    p.add_argument("--val-tokens", type=int, default=65_536)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny models and budget: checks the script end to end")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+
+    from safetensors.torch import save_file
+
+    from hubtrain.data.text import TextDataModule
+
+    d = args.d_model
+    size: dict[str, Any] = {
+        # ResNet-BK keeps the "1M" preset's proportions (4 layers, 2 experts, 16 dims per channel) at width d.
+        "resnet_bk": {"d_model": d, "num_channels": d // 16, "ffn_dim": 8 * round(352 * d / 128 / 8)},
+        "gpt2": {"n_embd": d, "n_layer": 4, "n_head": 4},
+        "mamba": {"num_hidden_layers": 8},
+    }
+    if args.quick:
+        size = {
+            "resnet_bk": {"d_model": 64, "n_layers": 2, "num_channels": 4, "ffn_dim": 128},
+            "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 4},
+            "mamba": {"num_hidden_layers": 4},
+        }
+        args.contexts = [64, 256]
+        args.train_tokens, args.vocab_size, args.val_tokens = min(args.train_tokens, 40_000), min(args.vocab_size, 512), 8192
+        args.evals = min(args.evals, 3)
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.out / ".lm_quality_work"
+    work.mkdir(exist_ok=True)
+
+    # One tokenizer and one token stream per split, shared by every run.
+    data = TextDataModule(
+        data_files=args.data, vocab_size=args.vocab_size, block_size=min(args.contexts), val_fraction=0.05,
+        test_fraction=0.0, seed=args.seed, max_files=120 if args.quick else None,
+    )
+    data.setup()
+    streams = {s: data.tokenize(data.documents[s]) for s in ("train", "val")}
+    save_file(streams, str(work / "streams.safetensors"))
+    bpt = data.bytes_per_token["val"]
+    print(f"corpus: {data.num_tokens['train']:,} train / {data.num_tokens['val']:,} val tokens, "
+          f"vocab {len(data.tokenizer)}, {bpt:.3f} bytes/token (val)")
+    for need in args.contexts:
+        if streams["val"].numel() < need + 1 or streams["train"].numel() < args.batch_tokens:
+            raise ValueError(f"the corpus is too small for context {need}; use shorter --contexts or more --data")
+
+    results: list[dict[str, Any]] = []
+    for ctx in args.contexts:
+        configs = matched_configs(len(data.tokenizer), ctx, size)
+        batch = max(1, args.batch_tokens // ctx)
+        steps = max(1, args.train_tokens // (batch * ctx))
+        print(f"\ncontext {ctx}: batch {batch} x {ctx} tokens, {steps} steps; non-embedding parameters: "
+              + ", ".join(f"{k} {configs[k][1]:,}" for k in args.models))
+        for kind in args.models:
+            config, _ = configs[kind]
+            spec = {
+                "model": kind, "config": config.to_dict(), "context": ctx, "batch_size": batch, "steps": steps,
+                "evals": args.evals, "lr": args.lr, "warmup": 0.05, "seed": args.seed,
+                "streams": str(work / "streams.safetensors"), "tokenizer": data.tokenizer.name_or_path,
+                "val_tokens": max(args.val_tokens, ctx), "val_bytes_per_token": bpt,
+            }
+            spec_path, result_path = work / f"{kind}-{ctx}.json", work / f"{kind}-{ctx}.result.json"
+            spec_path.write_text(json.dumps(spec))
+            t = time.time()
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", "--spec", str(spec_path), "--result", str(result_path),
+                 "--threads", str(args.threads)],
+                capture_output=True, text=True,
+            )
+            if proc.returncode != 0:
+                print(proc.stderr[-4000:], file=sys.stderr)
+                raise RuntimeError(f"{kind} at context {ctx} failed (exit {proc.returncode})")
+            r = json.loads(result_path.read_text())
+            results.append(r)
+            print(f"  {kind:9s} val loss {r['val_loss']:.3f}  ppl {r['val_perplexity']:7.2f}  "
+                  f"{r['val_bits_per_byte']:.3f} bits/byte  {r['train_tokens_per_s']:7.0f} tok/s  "
+                  f"peak {r['peak_rss_mb']:.0f} MB  ({time.time() - t:.0f} s)", flush=True)
+
+    command = "python benchmarks/lm_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report(results, args, command.strip(), data)
+    return 0
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str, data) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stem = "lm_quality_quick" if args.quick else "lm_quality"
+    lines = [
+        f"# Language-model quality: ResNet-BK vs GPT-2 vs Mamba",
+        "",
+        f"Command: `{command}`  ",
+        f"Data: {args.data or 'Python standard library sources (built-in corpus)'}; byte-level BPE, vocabulary "
+        f"{len(data.tokenizer)}; {data.num_tokens['train']:,} training tokens available, validation on "
+        f"{min(args.val_tokens, data.num_tokens['val']):,}-token prefix of held-out files.  ",
+        f"Each run: {results[0]['train_tokens']:,} training tokens, AdamW lr {args.lr} (warmup 5%, cosine to 10%), "
+        f"clip 1.0, {args.batch_tokens} tokens per step, {args.threads} CPU threads "
+        f"({torch.get_num_threads()} available to torch here), torch {torch.__version__}.",
+        "",
+        "| context | model | non-emb. params | val loss (nats/token) | perplexity | bits/byte | train tokens/s | peak RSS (MB) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['context']} | {r['model']} | {r['non_embedding_parameters']:,} | {r['val_loss']:.3f} | "
+            f"{r['val_perplexity']:.2f} | {r['val_bits_per_byte']:.3f} | {r['train_tokens_per_s']:,.0f} | "
+            f"{r['peak_rss_mb']:,.0f} |"
+        )
+    lines += ["", "Against the targets (ResNet-BK val loss <= the better baseline at every context; faster training "
+              "than both at the longest context):", ""]
+    for ctx in sorted({r["context"] for r in results}):
+        rows = {r["model"]: r for r in results if r["context"] == ctx}
+        if "resnet_bk" not in rows or len(rows) < 2:
+            continue
+        rb = rows.pop("resnet_bk")
+        best = min(rows.values(), key=lambda r: r["val_loss"])
+        fastest = max(rows.values(), key=lambda r: r["train_tokens_per_s"])
+        lines.append(
+            f"- context {ctx}: loss {rb['val_loss']:.3f} vs {best['model']} {best['val_loss']:.3f} "
+            f"({'met' if rb['val_loss'] <= best['val_loss'] else 'NOT met'}); speed {rb['train_tokens_per_s']:,.0f} vs "
+            f"{fastest['model']} {fastest['train_tokens_per_s']:,.0f} tokens/s "
+            f"({rb['train_tokens_per_s'] / fastest['train_tokens_per_s']:.2f}x)"
+        )
+    lines += ["", f"![validation curves]({stem}.png)", ""]
+    md = args.out / f"{stem}.md"
+    md.write_text("\n".join(lines))
+
+    contexts = sorted({r["context"] for r in results})
+    fig, axes = plt.subplots(1, len(contexts), figsize=(5 * len(contexts), 3.6), squeeze=False)
+    for ax, ctx in zip(axes[0], contexts):
+        for r in (r for r in results if r["context"] == ctx):
+            xs, ys = zip(*r["curve"])
+            ax.plot(xs, ys, marker="o", label=f"{r['model']} ({r['non_embedding_parameters'] / 1e6:.2f}M)")
+        ax.set(title=f"context {ctx}", xlabel="training tokens", ylabel="validation loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.out / f"{stem}.png", dpi=110)
+    plt.close(fig)
+    (args.out / f"{stem}.json").write_text(json.dumps({"command": command, "results": results}, indent=1))
+    print(f"\nwrote {md} and {args.out / (stem + '.png')}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
