@@ -1,0 +1,86 @@
+"""`hubtrain export` and `hubtrain generate` end to end (in-process `main`, as the dispatcher calls `run`)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hubtrain.cli import export_cmd, generate_cmd
+
+
+@pytest.fixture(scope="module")
+def classifier_folder(tmp_path_factory):
+    from hubtrain.tasks.classification import ImageClassifier
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cls") / "digits"
+    ImageClassifier("test_resnet", num_classes=3, pretrained=False).save_pretrained(folder)
+    return folder
+
+
+def test_export_cli_writes_verified_artifacts(classifier_folder, tmp_path, capsys):
+    out = tmp_path / "exported"
+    assert export_cmd.main([str(classifier_folder), "-o", str(out), "--optimize", "basic"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == "ImageClassifier"
+    assert report["artifacts"]["onnx"]["verification"]["max_abs_error"] <= 1e-6
+    assert (out / "model.onnx").is_file() and (out / "model.basic.onnx").is_file()
+    assert "max abs error" in capsys.readouterr().out
+
+
+def test_export_cli_bad_inputs_exit_non_zero_with_one_line(tmp_path, capsys):
+    assert export_cmd.main([str(tmp_path / "missing"), "-o", str(tmp_path / "o1")]) == 1
+    assert "model not found" in capsys.readouterr().err
+    corrupt = tmp_path / "resnet_bk_1m.pt"
+    corrupt.write_bytes(b"\x80\x04 not really a pickle")
+    assert export_cmd.main([str(corrupt), "-o", str(tmp_path / "o2")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read checkpoint" in err and str(corrupt) in err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no CUDA GPU is present")
+def test_export_cli_tensorrt_without_gpu_says_why(classifier_folder, tmp_path, capsys):
+    assert export_cmd.main([str(classifier_folder), "-o", str(tmp_path / "trt"), "--format", "tensorrt"]) == 1
+    assert "needs a CUDA GPU" in capsys.readouterr().err and not (tmp_path / "trt").exists()
+
+
+@pytest.fixture(scope="module")
+def lm_folder(tmp_path_factory, tiny_resnet_bk):
+    """ResNet-BK saved with a byte-level BPE tokenizer trained on a few lines (vocab 64 = the model's)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = ["def main(args):\n    return sum(x * x for x in args)\n"] * 20
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=64, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:40],
+                                                      special_tokens=["<eos>"]))
+    folder = tmp_path_factory.mktemp("lm") / "rbk"
+    tiny_resnet_bk.save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>").save_pretrained(folder)
+    return folder
+
+
+def test_generate_cli_streams_the_greedy_continuation(lm_folder, tiny_resnet_bk, capsys):
+    from transformers import AutoTokenizer
+
+    assert generate_cmd.main([str(lm_folder), "--prompt", "def main", "--max-new-tokens", "12"]) == 0
+    streamed = capsys.readouterr().out
+    tokenizer = AutoTokenizer.from_pretrained(lm_folder)
+    ids = tokenizer("def main", return_tensors="pt")
+    with torch.no_grad():
+        out = tiny_resnet_bk.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    assert streamed.strip() == tokenizer.decode(out[0], skip_special_tokens=True).strip()
+    assert streamed.startswith("def main") and len(out[0]) == len(ids["input_ids"][0]) + 12
+
+
+def test_generate_cli_refuses_non_lm_and_missing_tokenizer(classifier_folder, tmp_path, tiny_resnet_bk, capsys):
+    assert generate_cmd.main([str(classifier_folder), "--prompt", "x"]) == 1
+    assert "not a causal language model" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    tiny_resnet_bk.save_pretrained(bare)
+    assert generate_cmd.main([str(bare), "--prompt", "x"]) == 1
+    assert "no tokenizer files" in capsys.readouterr().err
