@@ -233,3 +233,15 @@ def test_trainer_runs_and_lowers_the_loss(tmp_path):
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_huge_activations_give_finite_outputs_and_gradients():
+    """No clamp anywhere: embeddings scaled to 1e6 and a long sequence still give finite logits and gradients."""
+    model = tiny_model(use_birman_schwinger=True, schatten_threshold=1.0, use_semiseparable=True, low_rank=4).train()
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(1e6)
+    ids = torch.randint(0, 64, (1, 3000))
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
