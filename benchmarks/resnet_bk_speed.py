@@ -63,11 +63,33 @@ def build_model(name: str, *, width: int, layers: int, vocab: int, max_len: int,
         assert model.config._attn_implementation == "sdpa"
         return model
     if name == "mamba":
-        from mambapy.lm import LM
-        from mambapy.mamba import MambaConfig
-
-        return LM(MambaConfig(d_model=width, n_layers=layers, pscan=True), vocab_size=vocab)
+        return MambaLM(width=width, layers=layers, vocab=vocab)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def MambaLM(*, width: int, layers: int, vocab: int):
+    """mambapy's language model (embedding, Mamba blocks, RMSNorm, head), as in ``mambapy.lm.LM``.
+
+    ``mambapy.lm`` also imports its Mamba-2 module, which needs the CUDA-only ``mamba_ssm``; the Mamba-1 parts it
+    wraps are pure PyTorch, so we compose them the same way here.
+    """
+    import torch.nn as nn
+    from mambapy.mamba import Mamba, MambaConfig, RMSNorm
+
+    config = MambaConfig(d_model=width, n_layers=layers, pscan=True)
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(vocab, width)
+            self.mamba = Mamba(config)
+            self.norm_f = RMSNorm(width, config.rms_norm_eps)
+            self.lm_head = nn.Linear(width, vocab, bias=False)
+
+        def forward(self, tokens):
+            return self.lm_head(self.norm_f(self.mamba(self.embedding(tokens))))
+
+    return LM()
 
 
 def _logits(model, name: str, ids):
@@ -226,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.progress import Progress
 
+    args.load_before = os.getloadavg()[0]
     train: dict[str, dict[int, dict]] = {m: {} for m in models}
     decode: dict[str, dict[int, dict]] = {m: {} for m in models if m != "mamba"}
     jobs = len(models) * len(lengths) + len(decode) * len(contexts)
@@ -248,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 decode[m][c] = run_worker("decode", m, c, args, timeout=3 * args.budget + 60)
                 progress.advance(task)
 
+    args.load_after = os.getloadavg()[0]
     report = make_report(args, models, lengths, contexts, train, decode)
     print(report["markdown"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -274,7 +298,8 @@ def make_report(args, models, lengths, contexts, train, decode) -> dict:
     lines = [f"Command: `{command.strip()}`", "",
              f"CPU, {args.threads} threads, width {args.width}, {args.layers} layers, batch {args.batch}, "
              f"vocabulary {args.vocab}, float32; torch {_version('torch')}, transformers {_version('transformers')}, "
-             f"mambapy {_version('mambapy')}.", "",
+             f"mambapy {_version('mambapy')}. Load average of the machine: {args.load_before:.1f} at the start, "
+             f"{args.load_after:.1f} at the end (on {os.cpu_count()} cores).", "",
              "### Forward+backward tokens/s (higher is better)", "",
              "| N | " + " | ".join(LABELS[m] for m in models) + " |", "|---:|" + "---:|" * len(models)]
     for n in lengths:
@@ -347,6 +372,7 @@ def plot(args, models, lengths, train, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from hubtrain.utils import atomic_path
 
@@ -363,6 +389,8 @@ def plot(args, models, lengths, train, path: Path) -> None:
     ax2.set(xscale="log", yscale="log", xlabel="sequence length N", ylabel="MiB",
             title="Peak training memory (growth over baseline RSS)")
     for ax in (ax1, ax2):
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
