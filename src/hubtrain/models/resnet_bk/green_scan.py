@@ -10,10 +10,14 @@ are the diagonal of (H^(i) - z)^-1 and the resolvent applied to the values, both
 compute the same numbers:
 
 * ``green_scan_reference`` runs the recurrences one position at a time (for tests);
-* ``green_scan`` is the fast default: g as a product of 2x2 transfer matrices and y as a linear recurrence
-  y_i = A_i y_{i-1} + b_i (A_i = -t_{i-1} g_i, b_i = g_i u_i), both evaluated by a two-level associative scan
-  (log-depth doubling inside chunks of ``chunk_size`` positions, then across chunk totals): O(N) work and memory,
-  a handful of tensor ops per layer, and exact gradients from autograd through plain arithmetic;
+* ``green_scan`` is the fast default, a two-level scan over chunks of ``chunk_size`` positions.  For g: each
+  chunk's 2x2 transfer-matrix product (M_i = [[0, 1], [-t_{i-1}^2, a_i - z]], renormalised, since only the ratio
+  g = p/q matters) by a pairwise product tree, prefixes of those across chunks by log-depth doubling, then the
+  recurrence itself inside all chunks at once from the g entering each chunk.  For y: the linear recurrence
+  y_i = A_i y_{i-1} + g_i u_i (A_i = -t_{i-1} g_i) inside all chunks at once from zero, the chunks' affine maps
+  scanned across chunks by doubling, and each chunk's incoming y added back.  O(N) work and memory, about
+  2 * chunk_size tensor ops per call whatever N, exact gradients from autograd through plain arithmetic
+  (no logarithms, so an exactly-zero coupling is differentiated correctly);
 * ``green_scan_step`` advances the state (g, y) by one token, for decoding.
 
 Complex numbers are written out as (real, imaginary) pairs of real tensors so the model exports to ONNX.
@@ -141,28 +145,22 @@ def _matrix_prefix(mr: Tensor, mi: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     return mr, mi
 
 
-def _affine_prefix(
-    ar: Tensor, ai: Tensor, br: Tensor, bi: Optional[Tensor], dim: int
-) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+def _affine_prefix(ar: Tensor, ai: Tensor, br: Tensor, bi: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Inclusive scan of x_k = A_k x_{k-1} + b_k (x_{-1} = 0) along ``dim`` by doubling.
 
-    A: (..., L, H) complex scalars, b: (..., L, H, P) complex vectors (bi=None means zero imaginary part).
-    Returns (cumulative A products, x).  Each A-product covers a contiguous segment, so it is a ratio of two
-    Green's-function entries and stays bounded (see the module docstring).
+    A: (..., n, H) complex scalars, b: (..., n, H, P) complex vectors.  Returns (cumulative A products, x).
+    Each A-product covers a contiguous run of positions, so it is a ratio of two Green's-function entries and
+    stays bounded (see the module docstring).
     """
     n = ar.shape[dim]
     d = 1
     while d < n:
-        qr = _shift(br, d, dim, 0.0)
+        qr, qi = _shift(br, d, dim, 0.0), _shift(bi, d, dim, 0.0)
         xr, xi = ar.unsqueeze(-1), ai.unsqueeze(-1)
-        if bi is None:
-            br, bi = torch.addcmul(br, xr, qr), xi * qr
-        else:
-            qi = _shift(bi, d, dim, 0.0)
-            br, bi = (
-                torch.addcmul(torch.addcmul(br, xr, qr), xi, qi, value=-1.0),
-                torch.addcmul(torch.addcmul(bi, xr, qi), xi, qr),
-            )
+        br, bi = (
+            torch.addcmul(torch.addcmul(br, xr, qr), xi, qi, value=-1.0),
+            torch.addcmul(torch.addcmul(bi, xr, qi), xi, qr),
+        )
         pr, pi = _shift(ar, d, dim, 1.0), _shift(ai, d, dim, 0.0)
         ar, ai = ar * pr - ai * pi, ar * pi + ai * pr
         d *= 2
