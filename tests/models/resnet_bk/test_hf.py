@@ -103,6 +103,7 @@ def test_save_pretrained_and_auto_classes_restore_identical_outputs(tmp_path):
     assert config["model_type"] == "resnet_bk"
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_resnet_bk.ResNetBKForCausalLM"
     assert config["auto_map"]["AutoConfig"] == "configuration_resnet_bk.ResNetBKConfig"
+    assert config["auto_map"]["AutoModel"] == "modeling_resnet_bk.ResNetBKModel"
     assert "top_k" not in config  # stored as num_experts_per_tok, so generate never reads it as sampling top-k
 
     ids = torch.randint(0, 64, (2, 15))
@@ -133,14 +134,17 @@ except ModuleNotFoundError:
 else:
     raise SystemExit("hubtrain is importable: the test would prove nothing")
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM
 from safetensors.torch import save_file
 folder, out = sys.argv[1], sys.argv[2]
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
 assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
 ids = torch.arange(20).view(2, 10) % 64
 gen = model.generate(ids, max_new_tokens=5, do_sample=False)
-save_file({"logits": model(ids).logits.contiguous(), "gen": gen.contiguous()}, out)
+base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+assert type(base).__name__ == "ResNetBKModel" and type(base).__module__.startswith("transformers_modules")
+save_file({"logits": model(ids).logits.contiguous(), "gen": gen.contiguous(),
+           "hidden": base(ids).last_hidden_state.contiguous()}, out)
 """
 
 
@@ -162,6 +166,7 @@ def test_remote_code_loads_without_hubtrain(tmp_path):
     ids = torch.arange(20).view(2, 10) % 64
     assert torch.equal(got["logits"], model(ids).logits)
     assert torch.equal(got["gen"], model.generate(ids, max_new_tokens=5, do_sample=False))
+    assert torch.equal(got["hidden"], model.model(ids).last_hidden_state)
 
 
 @pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["default", "all-options"])

@@ -376,6 +376,15 @@ class ResNetBKPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = ["past_key_values"]
     _is_stateful = True  # a recurrent state cannot be rolled back (no assisted generation)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with `auto_map` naming both the base model and the LM head, so a
+        saved folder loads as remote code through `AutoModel` as well as `AutoModelForCausalLM`."""
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map.setdefault("AutoModel", "modeling_resnet_bk.ResNetBKModel")
+        auto_map.setdefault("AutoModelForCausalLM", "modeling_resnet_bk.ResNetBKForCausalLM")
+        self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # the model builds its own ResNetBKCache
