@@ -466,6 +466,8 @@ def push_to_hub(
             source = Path(model_or_folder)
             _check_folder(source)
             shutil.copytree(source, stage, ignore=shutil.ignore_patterns(".*"))
+            for weights in stage.glob("*.safetensors"):
+                canonicalize_safetensors(weights)  # the user's folder is left as it is; only the staged copy changes
         else:
             stage.mkdir()
             save_for_upload(model_or_folder, stage)
