@@ -110,6 +110,24 @@ def test_ward_identity_bounds_hold_for_adversarial_inputs_at_16k_tokens():
     assert (y_abs <= u_norm / z_im.double()[:, None] * (1 + 1e-4)).all()
 
 
+def test_continuing_from_a_state_equals_the_tail_of_one_scan():
+    a, hop, z_re, z_im, u_re, u_im = make_inputs(N=150, seed=6)
+    full = green_scan(a, hop, z_re, z_im, u_re, u_im, chunk_size=8)
+    for k in (1, 9, 149):
+        state = tuple(o[:, k - 1] for o in full)
+        tail = green_scan(a[:, k:], hop[:, k:], z_re, z_im, u_re[:, k:], u_im[:, k:], chunk_size=4,
+                          initial=state, hop_in=hop[:, k - 1])
+        for f, t in zip(full, tail):
+            assert (f[:, k:] - t).abs().max() < 1e-12
+    # and the gradient flows into the state exactly
+    small = [t[:1, :7, :2, :2].clone() if t.dim() == 4 else t[:1, :7, :2].clone() for t in (a, hop, u_re, u_im)]
+    state = tuple(t.clone().requires_grad_(True) for t in (full[0][:1, 0, :2], full[1][:1, 0, :2], full[2][:1, 0, :2, :2], full[3][:1, 0, :2, :2]))
+    hop_in = hop[:1, 0, :2].clone().requires_grad_(True)
+    fn = lambda *s: green_scan(small[0], small[1], z_re[:2], z_im[:2], small[2], small[3], chunk_size=2,
+                               initial=s[:4], hop_in=s[4])
+    assert torch.autograd.gradcheck(fn, (*state, hop_in), eps=1e-6, atol=1e-7)
+
+
 def test_results_do_not_depend_on_the_chunk_size():
     x = make_inputs(N=200, dtype=torch.float64, seed=5)
     base = green_scan(*x, chunk_size=1)

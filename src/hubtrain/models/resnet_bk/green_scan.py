@@ -180,6 +180,9 @@ def green_scan(
     u_re: Tensor,
     u_im: Optional[Tensor] = None,
     chunk_size: int = 32,
+    *,
+    initial: Optional[GreenState] = None,
+    hop_in: Optional[Tensor] = None,
 ) -> GreenState:
     """Green's-function scan for all positions at once.
 
@@ -188,6 +191,9 @@ def green_scan(
         z_re, z_im: (H,) energy of each channel, z_im > 0.
         u_re, u_im: (B, N, H, P) values (u_im=None for real values).
         chunk_size: positions per chunk of the two-level scan (a speed knob; results do not depend on it).
+        initial, hop_in: continue a sequence instead of starting one: `initial` is the state (g_re, g_im, y_re,
+            y_im) of the position before the first one here ((B, H) and (B, H, P)), `hop_in` (B, H) its coupling
+            to the first position here.  The result equals the tail of one scan over the whole sequence.
     Returns:
         g_re, g_im: (B, N, H) and y_re, y_im: (B, N, H, P), as defined in section 1 of docs/design/resnet_bk.md.
     """
@@ -200,7 +206,12 @@ def green_scan(
     L = min(1 << (chunk_size.bit_length() - 1), 1 << (N - 1).bit_length())
     C = -(-N // L)
     pad = C * L - N
-    t_prev = _shift_right(hop, 1)  # t_prev[:, i] = t_{i-1}, 0 at the first position
+    if (initial is None) != (hop_in is None):
+        raise ValueError("green_scan: pass both initial and hop_in to continue a sequence, or neither")
+    if initial is None:
+        t_prev = _shift_right(hop, 1)  # t_prev[:, i] = t_{i-1}, 0 at the first position
+    else:
+        t_prev = torch.cat([hop_in.unsqueeze(1), hop[:, :-1]], 1)
     if pad:  # trailing positions never influence earlier ones (causality), so any padding will do
         a = torch.cat([a, a.new_zeros(B, pad, H)], 1)
         t_prev = torch.cat([t_prev, t_prev.new_zeros(B, pad, H)], 1)
@@ -218,10 +229,17 @@ def green_scan(
     m_im = torch.stack([torch.stack([zero, zero], -1), torch.stack([zero, (-z_im).expand_as(a)], -1)], -2)
     tot_re, tot_im = _matrix_total(m_re.view(B, C, L, H, 2, 2), m_im.view(B, C, L, H, 2, 2), dim=2)
     pre_re, pre_im = _matrix_prefix(tot_re, tot_im, dim=1)  # (B, C, H, 2, 2): chunks 0..c
-    # [p, q] entering chunk c is (product of chunks < c) @ [0, 1]; g = p / q (g = 0 before the first position)
+    # [p, q] entering chunk c is (product of chunks < c) @ [g_0, 1], with g_0 = 0 before the first position
+    # (or the given state's g); the product of no chunks is the identity.  g = p / q.
+    first = F.pad(a.new_ones(B, 1, H), (0, 0, 0, C - 1))  # 1 for chunk 0, 0 elsewhere
     pr, pi = _shift_right(pre_re[..., 0, 1], 1), _shift_right(pre_im[..., 0, 1], 1)
-    qr, qi = _shift_right(pre_re[..., 1, 1], 1), _shift_right(pre_im[..., 1, 1], 1)
-    qr = qr + F.pad(qr.new_ones(B, 1, H), (0, 0, 0, C - 1))  # chunk 0 starts from q = 1
+    qr, qi = _shift_right(pre_re[..., 1, 1], 1) + first, _shift_right(pre_im[..., 1, 1], 1)
+    if initial is not None:
+        g0r, g0i = initial[0].unsqueeze(1), initial[1].unsqueeze(1)
+        p0r, p0i = _shift_right(pre_re[..., 0, 0], 1) + first, _shift_right(pre_im[..., 0, 0], 1)
+        q0r, q0i = _shift_right(pre_re[..., 1, 0], 1), _shift_right(pre_im[..., 1, 0], 1)
+        pr, pi = pr + p0r * g0r - p0i * g0i, pi + p0r * g0i + p0i * g0r
+        qr, qi = qr + q0r * g0r - q0i * g0i, qi + q0r * g0i + q0i * g0r
     qq = qr * qr + qi * qi
     g_r, g_i = (pr * qr + pi * qi) / qq, (pi * qr - pr * qi) / qq  # (B, C, H)
     gs_re, gs_im = [], []
@@ -263,9 +281,15 @@ def green_scan(
         cA_re.append(a_re)
         cA_im.append(a_im)
     # chunk ends: y_end_c = (A-product of chunk c) y_end_{c-1} + (local end of chunk c), scanned across chunks
-    _, _, end_re, end_im = _affine_prefix(cA_re[-1], cA_im[-1], loc_re[-1], loc_im[-1], dim=1)
-    yin_re = _shift_right(end_re, 1).unsqueeze(2)  # y entering each chunk: (B, C, 1, H, P)
-    yin_im = _shift_right(end_im, 1).unsqueeze(2)
+    acc_re, acc_im, end_re, end_im = _affine_prefix(cA_re[-1], cA_im[-1], loc_re[-1], loc_im[-1], dim=1)
+    yin_re = _shift_right(end_re, 1)  # y entering each chunk: (B, C, H, P)
+    yin_im = _shift_right(end_im, 1)
+    if initial is not None:  # plus the given state carried through all earlier chunks
+        y0r, y0i = initial[2].unsqueeze(1), initial[3].unsqueeze(1)
+        ar_, ai_ = (_shift(acc_re, 1, 1, 1.0).unsqueeze(-1), _shift(acc_im, 1, 1, 0.0).unsqueeze(-1))
+        yin_re = yin_re + ar_ * y0r - ai_ * y0i
+        yin_im = yin_im + ar_ * y0i + ai_ * y0r
+    yin_re, yin_im = yin_re.unsqueeze(2), yin_im.unsqueeze(2)  # (B, C, 1, H, P)
     cr, ci = torch.stack(cA_re, 2).unsqueeze(-1), torch.stack(cA_im, 2).unsqueeze(-1)
     y_re = torch.stack(loc_re, 2) + cr * yin_re - ci * yin_im
     y_im = torch.stack(loc_im, 2) + cr * yin_im + ci * yin_re

@@ -212,13 +212,15 @@ class ResNetBKGreenMixer(nn.Module):
         if state is None:
             hop = F.pad(t[:, 1:], (0, 0, 0, 1))  # hop[:, i] couples i and i+1
             g_re, g_im, y_re, y_im = green_scan(a, hop, energy, eta, u, None, chunk_size=c.scan_chunk_size)
-        else:
+        else:  # continue from the cached state: one recurrent step when decoding, the scan for longer inputs
             st = (state["g_re"], state["g_im"], state["y_re"], state["y_im"])
-            outs = []
-            for i in range(N):
-                st = green_scan_step(a[:, i], t[:, i], energy, eta, u[:, i], None, st)
-                outs.append(st)
-            g_re, g_im, y_re, y_im = (torch.stack([o[k] for o in outs], 1) for k in range(4))
+            if N == 1:
+                g_re, g_im, y_re, y_im = (o.unsqueeze(1) for o in green_scan_step(a[:, 0], t[:, 0], energy, eta, u[:, 0], None, st))
+            else:
+                hop = F.pad(t[:, 1:], (0, 0, 0, 1))
+                g_re, g_im, y_re, y_im = green_scan(
+                    a, hop, energy, eta, u, None, chunk_size=c.scan_chunk_size, initial=st, hop_in=t[:, 0]
+                )
         new_state: Optional[dict[str, Tensor]] = None
         if return_state:
             new_state = {"g_re": g_re[:, -1], "g_im": g_im[:, -1], "y_re": y_re[:, -1], "y_im": y_im[:, -1]}
