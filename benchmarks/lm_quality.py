@@ -90,8 +90,12 @@ def matched_configs(vocab: int, context: int, size: dict) -> dict[str, Any]:
     """ResNet-BK's shape is the reference; GPT-2's MLP width and Mamba's width are searched to match its count."""
     target = _count("resnet_bk", vocab, context, size, 0)
     out = {"resnet_bk": (_config("resnet_bk", vocab, context, size, 0), target)}
-    for kind, lo, hi, step in (("gpt2", 8, 8192, 8), ("mamba", 16, 1024, 8)):
-        best = min(range(lo, hi, step), key=lambda k: abs(_count(kind, vocab, context, size, k) - target))
+    for kind, lo, hi in (("gpt2", 1, 1024), ("mamba", 2, 128)):
+        # The count grows with the knob (GPT-2's MLP width, Mamba's width; in steps of 8): bisect for the closest.
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if _count(kind, vocab, context, size, 8 * mid) <= target else (lo, mid)
+        best = min((8 * lo, 8 * hi), key=lambda k: abs(_count(kind, vocab, context, size, k) - target))
         n = _count(kind, vocab, context, size, best)
         if abs(n - target) > 0.05 * target:
             raise ValueError(f"could not match {kind} to {target:,} non-embedding parameters (best {n:,})")
@@ -191,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--d-model", type=int, default=128, help="width of ResNet-BK and GPT-2 (128 = the '1M' preset)")
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--evals", type=int, default=5, help="validation points per run")
-    p.add_argument("--val-tokens", type=int, default=65_536)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--evals", type=int, default=4, help="validation points per run")
+    p.add_argument("--val-tokens", type=int, default=16_384)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a busy 2-core machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny models and budget: checks the script end to end")
     p.add_argument("--out", type=Path, default=RESULTS)
