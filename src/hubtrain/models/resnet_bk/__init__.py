@@ -1,5 +1,15 @@
 """ResNet-BK: a causal, O(N), bounded language model whose token mixer is a Green's function.
 
+Public API (the mathematics is fixed in docs/design/resnet_bk.md):
+
+- ``green_scan(a, hop, z_re, z_im, u_re, u_im=None, chunk_size=32, *, initial=None, hop_in=None)``
+  -> ``(g_re, g_im, y_re, y_im)``: the fast chunked scan; ``green_scan_reference`` (same arguments, sequential)
+  and ``green_scan_step(a, hop_prev, z_re, z_im, u_re, u_im=None, state=None)`` (one token, for decoding).
+- ``ResNetBKConfig``, ``ResNetBKModel``, ``ResNetBKForCausalLM`` (transformers ``PreTrainedModel`` +
+  ``GenerationMixin``), ``ResNetBKCache`` (the O(1)-per-layer recurrent state ``generate`` carries).
+- ``create_resnet_bk_for_hf(size, **overrides)`` and ``RESNET_BK_PRESETS`` ("1M" ... "10B", named by their
+  non-embedding parameter count), ``count_non_embedding_parameters(model)``.
+
 Importing this package registers the architecture with the `transformers` Auto classes, so
 `AutoConfig` / `AutoModel` / `AutoModelForCausalLM` know `model_type="resnet_bk"`.
 """
