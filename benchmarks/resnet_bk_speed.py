@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=150.0, help="skip a configuration predicted to take longer")
     p.add_argument("--decode-steps", type=int, default=34)
     p.add_argument("--resnet-bk-overrides", default="{}", help="JSON of extra ResNetBKConfig fields")
+    p.add_argument("--keep-others", action="store_true", help="re-measure only --models and take the other models' "
+                   "rows from the previous run's JSON at --out (same width, depth, batch, vocabulary and threads)")
     p.add_argument("--out", type=Path, default=RESULTS / "resnet_bk_speed")
     p.add_argument("--worker", choices=("train", "decode"), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -272,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                 progress.advance(task)
 
     args.load_after = os.getloadavg()[0]
+    args.finished_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    args.kept_from = None
+    if args.keep_others:
+        models = merge_previous(args, models, lengths, contexts, train, decode)
     report = make_report(args, models, lengths, contexts, train, decode)
     print(report["markdown"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -284,6 +290,28 @@ def main(argv: list[str] | None = None) -> int:
     plot(args, models, lengths, train, args.out.with_suffix(".png"))
     print(f"wrote {args.out.with_suffix('.md')}, .json and .png")
     return 0
+
+
+def merge_previous(args, models, lengths, contexts, train, decode) -> list[str]:
+    """Fill in the models not re-measured now from the previous run's JSON (refusing a different set-up)."""
+    path = args.out.with_suffix(".json")
+    if not path.is_file():
+        raise FileNotFoundError(f"--keep-others needs a previous run's results at {path}; run without it first")
+    old = json.loads(path.read_text())
+    for key in ("width", "layers", "batch", "vocab", "threads"):
+        if old["args"][key] != getattr(args, key):
+            raise ValueError(f"--keep-others: the previous run used {key}={old['args'][key]!r}, this one "
+                             f"{getattr(args, key)!r}; re-run all models instead")
+    for m in MODELS:
+        if m in models or m not in old["train"]:
+            continue
+        train[m] = {int(n): r for n, r in old["train"][m].items() if int(n) in lengths}
+        if m in old["decode"]:
+            decode[m] = {int(c): r for c, r in old["decode"][m].items() if int(c) in contexts}
+    when = old["args"].get("finished_at") or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(path.stat().st_mtime))
+    kept = ", ".join(LABELS[m] for m in MODELS if m in train and m not in models)
+    args.kept_from = f"the rows of {kept} are kept from the run finished {when}"
+    return [m for m in MODELS if m in train]
 
 
 def make_report(args, models, lengths, contexts, train, decode) -> dict:
@@ -299,7 +327,8 @@ def make_report(args, models, lengths, contexts, train, decode) -> dict:
              f"CPU, {args.threads} threads, width {args.width}, {args.layers} layers, batch {args.batch}, "
              f"vocabulary {args.vocab}, float32; torch {_version('torch')}, transformers {_version('transformers')}, "
              f"mambapy {_version('mambapy')}. Load average of the machine: {args.load_before:.1f} at the start, "
-             f"{args.load_after:.1f} at the end (on {os.cpu_count()} cores).", "",
+             f"{args.load_after:.1f} at the end (on {os.cpu_count()} cores). Finished {args.finished_at}"
+             + (f"; {args.kept_from}." if args.kept_from else "."), "",
              "### Forward+backward tokens/s (higher is better)", "",
              "| N | " + " | ".join(LABELS[m] for m in models) + " |", "|---:|" + "---:|" * len(models)]
     for n in lengths:
