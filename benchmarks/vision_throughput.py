@@ -1,0 +1,318 @@
+"""Training images/s: hubtrain (ImageClassifier + AutoTrainer) vs a plain PyTorch loop vs AutoTimm, one run.
+
+Same timm model (resnet18, 10 classes), same batch size, same optimiser (AdamW), same data, measured the same way:
+wall time between the end of warm-up step ``--warmup`` and the end of the last step, data loading included.
+Two data sources:
+
+- ``tensors``: a ``TensorDataset`` of random 64 px images already in memory (pure training-loop overhead);
+- ``folder``: PNG files in ``train/<class>/`` folders, decoded and transformed every step (timm's eval-style
+  transform for all three, built once from resnet18's data config; AutoTimm uses its own data module).
+
+Runs are interleaved (plain, hubtrain, autotimm, plain, ...) and the median of ``--repeats`` is reported, so a
+busy machine slows all three alike. AutoTimm runs in its own interpreter (``--autotimm-python``), normally a venv
+made with ``python -m venv --system-site-packages <dir> && <dir>/bin/pip install autotimm`` so it shares this
+torch/timm and cannot change the main environment.
+
+    python benchmarks/vision_throughput.py --autotimm-python /tmp/autotimm-venv/bin/python
+
+Writes ``benchmarks/results/vision_throughput.{md,json,png}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# data
+
+
+def make_folder(root: Path, n: int, size: int, classes: int = 10) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / "train" / f"class_{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
+    # a small val split so every data module is happy; it is never run (limit_val_batches=0)
+    for c in range(classes):
+        folder = root / "val" / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "0.png")
+    return root
+
+
+def tensor_loader(n: int, size: int, batch_size: int):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(n, 3, size, size, generator=g), torch.randint(0, 10, (n,), generator=g))
+    return DataLoader(data, batch_size=batch_size, shuffle=True, generator=g, drop_last=True)
+
+
+def folder_transform(size: int):
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    config = resolve_data_config({"input_size": (3, size, size)}, model=timm.create_model("resnet18", pretrained=False))
+    return create_transform(**{**config, "crop_pct": 1.0}, is_training=False)
+
+
+def folder_loader(root: Path, size: int, batch_size: int):
+    import torch
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    g = torch.Generator().manual_seed(0)
+    data = ImageFolder(str(root / "train"), transform=folder_transform(size))
+    return DataLoader(data, batch_size=batch_size, shuffle=True, generator=g, drop_last=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# runners: each returns images/s
+
+
+def _rate(stamps: list[float], warmup: int, batch_size: int) -> float:
+    if len(stamps) <= warmup + 1:
+        raise ValueError(f"only {len(stamps)} steps ran; need more than warmup={warmup} + 1 (add --images)")
+    return (len(stamps) - 1 - warmup) * batch_size / (stamps[-1] - stamps[warmup])
+
+
+def run_plain(loader: Any, warmup: int, batch_size: int, lr: float) -> float:
+    import timm
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    stamps = []
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        stamps.append(time.perf_counter())
+    return _rate(stamps, warmup, batch_size)
+
+
+class _Stamps:
+    """A Lightning callback (built for whichever Lightning package the runner uses) that times each step."""
+
+    @staticmethod
+    def make(callback_base: type) -> Any:
+        class Stamps(callback_base):  # type: ignore[misc, valid-type]
+            def __init__(self) -> None:
+                self.stamps: list[float] = []
+
+            def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+                self.stamps.append(time.perf_counter())
+
+        return Stamps()
+
+
+def _quiet_trainer_kwargs() -> dict[str, Any]:
+    return dict(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+    )
+
+
+def run_hubtrain(source: str, loader_or_root: Any, warmup: int, batch_size: int, lr: float, size: int) -> float:
+    import pytorch_lightning as pl
+    import torch
+
+    from hubtrain import AutoTrainer, ImageClassifier, ImageDataModule
+
+    torch.manual_seed(0)
+    model = ImageClassifier(backbone="resnet18", num_classes=10, pretrained=False, lr=lr, scheduler=None, weight_decay=0.0)
+    stamps = _Stamps.make(pl.Callback)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = AutoTrainer(callbacks=[stamps], default_root_dir=tmp, plot_curves=False, **_quiet_trainer_kwargs())
+        if source == "tensors":
+            trainer.fit(model, train_dataloaders=loader_or_root)
+        else:
+            # the same eval-style transform as the other two, through hubtrain's own data module
+            transform = folder_transform(size)
+            data = ImageDataModule(data_dir=loader_or_root, batch_size=batch_size, train_transforms=transform,
+                                   eval_transforms=transform, image_size=size)
+            trainer.fit(model, datamodule=data)
+    return _rate(stamps.stamps, warmup, batch_size)
+
+
+AUTOTIMM_RUNNER = r'''
+import json, sys, time, torch, tempfile
+args = json.loads(sys.argv[1])
+import autotimm
+from autotimm import ImageClassifier, AutoTrainer, ImageDataModule
+try:
+    import pytorch_lightning as pl
+except ImportError:
+    import lightning.pytorch as pl
+
+class Stamps(pl.Callback):
+    def __init__(self):
+        self.stamps = []
+    def on_train_batch_end(self, *a, **k):
+        self.stamps.append(time.perf_counter())
+
+from autotimm import BackboneConfig
+torch.manual_seed(0)
+# Eager, like the other two (AutoTimm compiles by default, which on CPU costs far more than it saves).
+model = ImageClassifier(backbone=BackboneConfig(model_name="resnet18", pretrained=False), num_classes=10,
+                        lr=args["lr"], scheduler=None, weight_decay=0.0, compile_model=False)
+stamps = Stamps()
+kw = dict(max_epochs=1, accelerator="cpu", devices=1, limit_val_batches=0, num_sanity_val_steps=0,
+          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, logger=False)
+with tempfile.TemporaryDirectory() as tmp:
+    trainer = AutoTrainer(callbacks=[stamps], default_root_dir=tmp, **kw)
+    if args["source"] == "tensors":
+        g = torch.Generator().manual_seed(0)
+        from torch.utils.data import DataLoader, TensorDataset
+        n, s, b = args["images"], args["size"], args["batch_size"]
+        data = TensorDataset(torch.randn(n, 3, s, s, generator=g), torch.randint(0, 10, (n,), generator=g))
+        trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=b, shuffle=True, generator=g, drop_last=True))
+    else:
+        import timm
+        from timm.data import create_transform, resolve_data_config
+        cfg = resolve_data_config({"input_size": (3, args["size"], args["size"])}, model=timm.create_model("resnet18", pretrained=False))
+        tf = create_transform(**{**cfg, "crop_pct": 1.0}, is_training=False)  # the same transform as the others
+        dm = ImageDataModule(data_dir=args["root"], image_size=args["size"], batch_size=args["batch_size"], num_workers=0,
+                             train_transforms=tf, eval_transforms=tf, pin_memory=False)
+        trainer.fit(model, datamodule=dm)
+s, w, b = stamps.stamps, args["warmup"], args["batch_size"]
+print("RESULT", json.dumps({"rate": (len(s) - 1 - w) * b / (s[-1] - s[w]), "version": getattr(autotimm, "__version__", "?")}))
+'''
+
+
+def run_autotimm(python: str, source: str, root: Path | None, args: argparse.Namespace) -> tuple[float, str]:
+    payload = {"source": source, "root": str(root) if root else None, "images": args.images, "size": args.size,
+               "batch_size": args.batch_size, "warmup": args.warmup, "lr": args.lr}
+    proc = subprocess.run([python, "-c", AUTOTIMM_RUNNER, json.dumps(payload)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"AutoTimm runner failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}")
+    out = json.loads(lines[-1][len("RESULT "):])
+    return out["rate"], out["version"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=640, help="training images per run")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=3, help="steps excluded from the timing")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--sources", default="tensors,folder")
+    parser.add_argument("--autotimm-python", default=None, help="interpreter with autotimm installed (see module doc)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    import torch
+
+    from hubtrain.utils import write_text_atomic
+
+    autotimm_python = args.autotimm_python
+    autotimm_note = ""
+    if autotimm_python is None:
+        probe = subprocess.run([sys.executable, "-c", "import autotimm"], capture_output=True)
+        if probe.returncode == 0:
+            autotimm_python = sys.executable
+        else:
+            autotimm_note = "AutoTimm not measured: no --autotimm-python given and autotimm is not importable here."
+            print(autotimm_note)
+
+    results: dict[str, dict[str, list[float]]] = {}
+    autotimm_version = None
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_folder(Path(tmp) / "images", args.images, args.size) if "folder" in args.sources else None
+        for source in args.sources.split(","):
+            rates: dict[str, list[float]] = {"plain PyTorch loop": [], "hubtrain": [], "AutoTimm": []}
+            for rep in range(args.repeats):
+                loader = tensor_loader(args.images, args.size, args.batch_size) if source == "tensors" else folder_loader(root, args.size, args.batch_size)
+                rates["plain PyTorch loop"].append(run_plain(loader, args.warmup, args.batch_size, args.lr))
+                hub_input = tensor_loader(args.images, args.size, args.batch_size) if source == "tensors" else root
+                rates["hubtrain"].append(run_hubtrain(source, hub_input, args.warmup, args.batch_size, args.lr, args.size))
+                if autotimm_python:
+                    rate, autotimm_version = run_autotimm(autotimm_python, source, root, args)
+                    rates["AutoTimm"].append(rate)
+                print(f"[{source} {rep + 1}/{args.repeats}] " + ", ".join(f"{k}: {v[-1]:.1f}" for k, v in rates.items() if v), flush=True)
+            results[source] = {k: v for k, v in rates.items() if v}
+
+    summary = {source: {k: statistics.median(v) for k, v in r.items()} for source, r in results.items()}
+    header = (
+        f"resnet18 (timm), {args.size} px, batch {args.batch_size}, AdamW, {args.images} images per run, "
+        f"CPU with {torch.get_num_threads()} threads, median of {args.repeats} interleaved runs"
+    )
+    lines = ["| data | runner | images/s | vs plain loop |", "|---|---|---|---|"]
+    for source, rates in summary.items():
+        base = rates["plain PyTorch loop"]
+        for runner, rate in rates.items():
+            name = f"AutoTimm {autotimm_version}" if runner == "AutoTimm" and autotimm_version else runner
+            lines.append(f"| {source} | {name} | {rate:.1f} | {100 * (rate / base - 1):+.1f}% |")
+    command = "python benchmarks/vision_throughput.py " + " ".join(sys.argv[1:])
+    md = "\n".join([f"# Vision training throughput", "", header + ".", "", *lines, "", f"Command: `{command.strip()}`", ""])
+    if autotimm_note:
+        md += "\n" + autotimm_note + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "vision_throughput.md", md)
+    write_text_atomic(args.out / "vision_throughput.json", json.dumps({"setup": header, "runs": results, "median": summary, "command": command}, indent=2))
+    plot(summary, args.out / "vision_throughput.png", header)
+    print(md)
+    return 0
+
+
+def plot(summary: dict[str, dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from hubtrain.utils import atomic_path
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    sources = list(summary)
+    runners = list(dict.fromkeys(r for rates in summary.values() for r in rates))
+    width = 0.8 / len(runners)
+    for i, runner in enumerate(runners):
+        values = [summary[s].get(runner, 0.0) for s in sources]
+        bars = ax.bar([j + i * width for j in range(len(sources))], values, width, label=runner)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks([j + width * (len(runners) - 1) / 2 for j in range(len(sources))], sources)
+    ax.set_ylabel("training images / s")
+    ax.set_title(title, fontsize=7)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
