@@ -14,7 +14,7 @@ from typing import Any
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="resnet18", help="any timm name, hf-hub:org/name or local-dir:/path")
     parser.add_argument("--image-size", type=int, default=32, help="digits are 8x8; they are upscaled to this size")
-    parser.add_argument("--max-epochs", type=int, default=8)
+    parser.add_argument("--max-epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_quickstart(
     backbone: str = "resnet18",
     image_size: int = 32,
-    max_epochs: int = 8,
+    max_epochs: int = 6,
     batch_size: int = 64,
     lr: float = 2e-3,
     seed: int = 0,
