@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
         if sample:
             kwargs |= {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p)) if v}
-        streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=False)
+        streamer = None if args.no_stream else TextStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
         with torch.no_grad():
             output = lm.generate(**inputs, streamer=streamer, **kwargs)
         if args.no_stream:
