@@ -174,6 +174,23 @@ def test_resume_continues_epoch_and_step(tmp_path, kit, data):
     assert sorted(epoch_values(read_csv(second.run_dir / "metrics.csv"), "val/accuracy")) == [2, 3]
 
 
+def test_second_model_on_same_trainer_trains_in_its_own_run(tmp_path, kit, data):
+    """The seed fits several models on one AutoTrainer; each must train from epoch 0, with fresh early stopping."""
+    pl.seed_everything(0)
+    stopper = pl.callbacks.EarlyStopping(monitor="val/accuracy", mode="max", patience=1)
+    trainer = AutoTrainer(max_epochs=2, default_root_dir=tmp_path, callbacks=[stopper], **kit.QUIET)
+    first, second = kit.TinyClassifier(), kit.TinyClassifier()
+    trainer.fit(first, datamodule=data)
+    first_dir, first_best = trainer.run_dir, trainer.checkpoint_callback.best_model_path
+    before = {k: v.clone() for k, v in second.state_dict().items()}
+    trainer.fit(second, datamodule=data)
+    assert second.optimizer_steps == 2 * 6 and trainer.global_step == 2 * 6
+    assert any(not torch.equal(before[k], v) for k, v in second.state_dict().items())
+    assert trainer.run_dir != first_dir and trainer.run_dir.name == "version_1"
+    assert Path(trainer.checkpoint_callback.best_model_path).parent.parent == trainer.run_dir
+    assert Path(first_best).is_file()  # the first run's files stay where they were
+
+
 def test_accumulate_grad_batches_step_count(tmp_path, kit, data):
     model = kit.TinyClassifier()
     trainer = AutoTrainer(max_epochs=2, accumulate_grad_batches=4, default_root_dir=tmp_path, **kit.QUIET)

@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+import torch
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loops.fit_loop import _FitLoop
+from pytorch_lightning.loops.training_epoch_loop import _TrainingEpochLoop
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
@@ -146,6 +149,8 @@ class AutoTrainer(pl.Trainer):
 
         user_callbacks = [] if callbacks is None else [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
         self._user_checkpoints = [cb for cb in user_callbacks if isinstance(cb, ModelCheckpoint)]
+        self._user_checkpoint_dirs = [cb.dirpath for cb in self._user_checkpoints]
+        self._fitted_model: pl.LightningModule | None = None
         self._curves = TrainingCurvesCallback() if plot_curves else None
         own = [_RunHooks()] + ([self._curves] if self._curves else [])
 
@@ -266,6 +271,8 @@ class AutoTrainer(pl.Trainer):
     ) -> None:
         if self._tuning:  # Lightning's Tuner calls fit() for its searches
             return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, **kwargs)
+        if self._fitted_model is not None and model is not self._fitted_model and ckpt_path is None:
+            self._start_new_run()
         self._prepare_run(model)
         self._prepare_checkpoints(model)
         if self.tuner_config is not None and self.tuner_config.enabled:
@@ -279,7 +286,33 @@ class AutoTrainer(pl.Trainer):
                     )
                 finally:
                     self._tuning = False
-        return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, **kwargs)
+        result = super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, **kwargs)
+        self._fitted_model = model
+        return result
+
+    def _start_new_run(self) -> None:
+        """Fitting another model on the same trainer (the seed's "all three work" example) trains it from epoch 0
+        in a run directory of its own. Plain Lightning would find max_epochs reached and return without training."""
+        old = self.fit_loop
+        self.fit_loop = _FitLoop(self, min_epochs=old.min_epochs, max_epochs=old.max_epochs)
+        self.fit_loop.epoch_loop = _TrainingEpochLoop(
+            self, min_steps=old.epoch_loop.min_steps, max_steps=old.epoch_loop.max_steps
+        )
+        self.should_stop = False
+        self.callbacks = [cb for cb in self.callbacks if not isinstance(cb, AutoModelCheckpoint)]
+        for cb, dirpath in zip(self._user_checkpoints, self._user_checkpoint_dirs):
+            # the first model's best scores say nothing about the second's
+            cb.dirpath = dirpath
+            cb.best_k_models, cb.kth_best_model_path, cb.best_model_path, cb.last_model_path = {}, "", "", ""
+            cb.best_model_score = cb.current_score = None
+            cb.kth_value = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
+        for cb in self.callbacks:
+            if isinstance(cb, EarlyStopping):
+                cb.wait_count, cb.stopped_epoch = 0, 0
+                cb.best_score = torch.tensor(torch.inf if cb.monitor_op == torch.lt else -torch.inf)
+        if self._curves is not None:
+            self._curves.history.clear()
+        self._run_dir, self._fit_prepared = None, False
 
     def validate(self, model: pl.LightningModule | None = None, *args: Any, **kwargs: Any) -> Any:
         self._prepare_run(model)
