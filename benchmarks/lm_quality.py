@@ -107,7 +107,17 @@ def matched_configs(vocab: int, context: int, size: dict) -> dict[str, Any]:
 # One run (in a subprocess)
 # ---------------------------------------------------------------------------------------------------------------
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """Peak resident memory of this process in MiB.
+
+    ``VmHWM`` (Linux) belongs to this process's own address space; ``ru_maxrss`` is not used because Linux carries
+    the parent's high-water mark over fork + exec, which would report the driver's memory instead of the run's.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -201,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny models and budget: checks the script end to end")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--reuse", action="store_true", help="keep earlier runs whose exact spec is unchanged")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -264,8 +275,13 @@ def main(argv: list[str] | None = None) -> int:
                 "val_tokens": max(args.val_tokens, ctx), "val_bytes_per_token": bpt,
             }
             spec_path, result_path = work / f"{kind}-{ctx}.json", work / f"{kind}-{ctx}.result.json"
-            spec_path.write_text(json.dumps(spec))
             t = time.time()
+            if args.reuse and result_path.is_file() and spec_path.is_file() and spec_path.read_text() == json.dumps(spec):
+                results.append(json.loads(result_path.read_text()))  # same spec: the measurement stands
+                print(f"  {kind:9s} reused {result_path.name}")
+                continue
+            spec_path.write_text(json.dumps(spec))
+            result_path.unlink(missing_ok=True)
             proc = subprocess.run(
                 [sys.executable, __file__, "--worker", "--spec", str(spec_path), "--result", str(result_path),
                  "--threads", str(args.threads)],
@@ -280,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['val_bits_per_byte']:.3f} bits/byte  {r['train_tokens_per_s']:7.0f} tok/s  "
                   f"peak {r['peak_rss_mb']:.0f} MB  ({time.time() - t:.0f} s)", flush=True)
 
-    command = "python benchmarks/lm_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    flags = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--reuse"]
+    command = "python benchmarks/lm_quality.py " + " ".join(flags)
     report(results, args, command.strip(), data)
+    (work / "streams.safetensors").unlink()  # 8 bytes a token; rebuilt from the cached tokenizer next time
     return 0
 
 
@@ -300,8 +318,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
         f"{len(data.tokenizer)}; {data.num_tokens['train']:,} training tokens available, validation on "
         f"{min(args.val_tokens, data.num_tokens['val']):,}-token prefix of held-out files.  ",
         f"Each run: {results[0]['train_tokens']:,} training tokens, AdamW lr {args.lr} (warmup 5%, cosine to 10%), "
-        f"clip 1.0, {args.batch_tokens} tokens per step, {args.threads} CPU threads "
-        f"({torch.get_num_threads()} available to torch here), torch {torch.__version__}.",
+        f"clip 1.0, {args.batch_tokens} tokens per step, {args.threads} CPU thread(s) per run "
+        f"({os.cpu_count()} cores on this machine), torch {torch.__version__}. Tokens/s is wall-clock training time "
+        "(validation excluded); on a shared machine it moves with the load, so compare models within one context.",
         "",
         "| context | model | non-emb. params | val loss (nats/token) | perplexity | bits/byte | train tokens/s | peak RSS (MB) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
