@@ -232,7 +232,11 @@ def main() -> int:
     parser.add_argument("--sources", default="tensors,folder")
     parser.add_argument("--autotimm-python", default=None, help="interpreter with autotimm installed (see module doc)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--render", type=Path, help="only re-render the table and plot from a results JSON")
     args = parser.parse_args()
+    if args.render is not None:
+        render(json.loads(args.render.read_text()), args.out)
+        return 0
 
     import torch
 
@@ -265,27 +269,50 @@ def main() -> int:
                 print(f"[{source} {rep + 1}/{args.repeats}] " + ", ".join(f"{k}: {v[-1]:.1f}" for k, v in rates.items() if v), flush=True)
             results[source] = {k: v for k, v in rates.items() if v}
 
-    summary = {source: {k: statistics.median(v) for k, v in r.items()} for source, r in results.items()}
     header = (
         f"resnet18 (timm), {args.size} px, batch {args.batch_size}, AdamW, {args.images} images per run, "
         f"CPU with {torch.get_num_threads()} threads, median of {args.repeats} interleaved runs"
     )
-    lines = ["| data | runner | images/s | vs plain loop |", "|---|---|---|---|"]
+    command = "python benchmarks/vision_throughput.py " + " ".join(sys.argv[1:])
+    record = {"setup": header, "runs": results, "command": command, "autotimm_version": autotimm_version,
+              "note": autotimm_note}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "vision_throughput.json", json.dumps(record, indent=2))
+    render(record, args.out)
+    return 0
+
+
+def render(record: dict[str, Any], out: Path) -> None:
+    """Markdown table (median, every run, spread) and PNG from a results record."""
+    from hubtrain.utils import write_text_atomic
+
+    results, version = record["runs"], record.get("autotimm_version")
+    summary = {source: {k: statistics.median(v) for k, v in r.items()} for source, r in results.items()}
+    lines = ["| data | runner | images/s (median) | runs | vs plain loop |", "|---|---|---|---|---|"]
+    noisy = []
     for source, rates in summary.items():
         base = rates["plain PyTorch loop"]
         for runner, rate in rates.items():
-            name = f"AutoTimm {autotimm_version}" if runner == "AutoTimm" and autotimm_version else runner
-            lines.append(f"| {source} | {name} | {rate:.1f} | {100 * (rate / base - 1):+.1f}% |")
-    command = "python benchmarks/vision_throughput.py " + " ".join(sys.argv[1:])
-    md = "\n".join([f"# Vision training throughput", "", header + ".", "", *lines, "", f"Command: `{command.strip()}`", ""])
-    if autotimm_note:
-        md += "\n" + autotimm_note + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / "vision_throughput.md", md)
-    write_text_atomic(args.out / "vision_throughput.json", json.dumps({"setup": header, "runs": results, "median": summary, "command": command}, indent=2))
-    plot(summary, args.out / "vision_throughput.png", header)
-    print(md)
-    return 0
+            runs = results[source][runner]
+            name = f"AutoTimm {version}" if runner == "AutoTimm" and version else runner
+            lines.append(f"| {source} | {name} | {rate:.1f} | {', '.join(f'{r:.1f}' for r in runs)} | {100 * (rate / base - 1):+.1f}% |")
+            if max(runs) > 1.2 * min(runs):
+                noisy.append(f"{source}/{runner} ({min(runs):.1f}..{max(runs):.1f})")
+    md = ["# Vision training throughput", "", record["setup"] + ".", "", *lines, "", f"Command: `{record['command'].strip()}`", ""]
+    if noisy:
+        md += [
+            f"**Noise warning**: runs of the same runner differ by more than 20% ({', '.join(noisy)}), so differences "
+            "of that size between runners are not resolved by this run; the machine was shared. Re-run with more "
+            "--repeats on an idle machine before drawing conclusions.",
+            "",
+        ]
+    if record.get("note"):
+        md += [record["note"], ""]
+    text = "\n".join(md)
+    write_text_atomic(out / "vision_throughput.md", text)
+    plot(summary, out / "vision_throughput.png", record["setup"])
+    print(text)
+
 
 
 def plot(summary: dict[str, dict[str, float]], path: Path, title: str) -> None:
