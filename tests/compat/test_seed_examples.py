@@ -187,11 +187,6 @@ def test_block_5_auto_model_loop(doc):
     assert type(ns["model"]).__name__ == "BeitModel"  # the loop's last model
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the seed fits a second model on the same AutoTrainer; Lightning's fit loop is already at max_epochs, so "
-    "the second fit returns without training (AutoTrainer.fit would have to reset its loops for a new model)",
-)
 def test_block_6_complete_usage_example(doc):
     subs = [
         ('dataset_name="CIFAR10"', 'dataset_name="digits"'),  # built-in data, no download
