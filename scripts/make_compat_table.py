@@ -124,20 +124,28 @@ def render(results: dict[str, tuple[str, str]], seconds: float, source: str) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--junit", type=Path, help="read this pytest --junitxml report instead of running the tests")
+    parser.add_argument("--junit", type=Path, nargs="+",
+                        help="read these pytest --junitxml reports instead of running the tests (a later report's "
+                        "result for a test replaces an earlier one's)")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "compatibility.md")
     args = parser.parse_args()
     if args.junit is not None:
-        if not args.junit.is_file():
-            raise SystemExit(f"--junit {args.junit}: no such file; run pytest with --junitxml first, or omit --junit.")
-        junit, source = args.junit, f"report {args.junit.name}"
+        for junit in args.junit:
+            if not junit.is_file():
+                raise SystemExit(f"--junit {junit}: no such file; run pytest with --junitxml first, or omit --junit.")
+        reports, source = list(args.junit), "reports " + ", ".join(j.name for j in args.junit)
     else:
         junit = Path(tempfile.mkdtemp(prefix="compat-")) / "compat.xml"
         run_tests(junit)
-        source = "fresh run"
-    results, seconds = read_results(junit)
+        reports, source = [junit], "fresh run"
+    results: dict[str, tuple[str, str]] = {}
+    seconds = 0.0
+    for junit in reports:
+        part, part_seconds = read_results(junit)
+        results.update(part)
+        seconds += part_seconds
     if not results:
-        raise SystemExit(f"{junit} holds no test results.")
+        raise SystemExit(f"{reports} hold no test results.")
 
     from hubtrain.utils import write_text_atomic
 
