@@ -2,7 +2,7 @@
 
 Approaches (``APPROACHES``), each a factory ``build(approach, **task_kwargs) -> LightningModule``:
 
-- ``hf_hub_timm``: ``ImageClassifier(backbone="hf-hub:acme/test-resnet")``, timm's ``test_resnet`` saved with
+- ``hf_hub_timm``: ``ImageClassifier(backbone="hf-hub:acme/test-convnext")``, timm's ``test_convnext`` saved with
   ``save_for_hf`` into a Hugging Face cache this test lays out (offline);
 - ``hf_direct``: ``ImageClassifier(backbone=ViTModel(ViTConfig(...)))``, a 2-layer ViT built in the test;
 - ``hf_direct_module``: the seed's own route, a user-written ``pl.LightningModule`` around a ``ViTModel`` with its
@@ -10,7 +10,7 @@ Approaches (``APPROACHES``), each a factory ``build(approach, **task_kwargs) -> 
 - ``hf_auto``: ``ImageClassifier(backbone="hf:acme/tiny-vit")``, a ViT + ``ViTImageProcessor`` saved with
   ``save_pretrained`` into the cache, loaded through ``AutoModel``.
 
-Sizes: 32 px images, ViTs with 2 layers of width 32 and 8-px patches, timm's ``test_resnet``: each fit is a second
+Sizes: 32 px images, ViTs with 2 layers of width 32 and 8-px patches, timm's ``test_convnext``: each fit is a second
 or two on 2 CPU cores.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 APPROACHES = ("hf_hub_timm", "hf_direct", "hf_direct_module", "hf_auto")
-HUB_TIMM_REPO = "acme/test-resnet"
+HUB_TIMM_REPO = "acme/test-convnext"
 AUTO_REPO = "acme/tiny-vit"
 NUM_CLASSES = 3
 IMAGE_SIZE = 32
@@ -146,7 +146,7 @@ def publish(hf_cache, tmp_path) -> Callable[[str], str]:
 
     def make(approach: str) -> str:
         if approach == "hf_hub_timm":
-            return hf_cache(HUB_TIMM_REPO, "test_resnet").hub_name
+            return hf_cache(HUB_TIMM_REPO, "test_convnext").hub_name
         if approach == "hf_auto":
             hf_cache.add_folder(AUTO_REPO, save_tiny_vit_repo(tmp_path / "tiny-vit-src"))
             return f"hf:{AUTO_REPO}"
