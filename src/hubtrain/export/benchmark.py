@@ -51,7 +51,7 @@ def benchmark_speedup(
     *,
     batch_sizes: Sequence[int] = (1, 8),
     seq_lens: Sequence[int] | None = None,
-    optimized_onnx_path: str | os.PathLike | None = None,
+    optimized_onnx_path: str | os.PathLike | dict[str, str | os.PathLike] | None = None,
     num_threads: int | None = None,
     warmup: int = 3,
     iters: int = 20,
@@ -61,7 +61,7 @@ def benchmark_speedup(
 
     Each row: ``backend`` (``eager``, ``onnxruntime``, ``onnxruntime-optimized``, ``tensorrt``), ``batch_size``,
     ``seq_len`` (language models), ``median_ms``, ``p90_ms``, ``min_ms`` and ``speedup`` (eager median divided by
-    this backend's median). ``num_threads`` pins both PyTorch and onnxruntime to the same intra-op thread count so
+    this backend's median). ``optimized_onnx_path`` may map labels to several optimised files. ``num_threads`` pins both PyTorch and onnxruntime to the same intra-op thread count so
     the comparison is fair. TensorRT runs only when ``engine_path`` is given (it needs a CUDA GPU); its eager
     baseline is then the model on the GPU as well.
     """
@@ -69,7 +69,9 @@ def benchmark_speedup(
     is_lm = spec.kind == "causal_lm"
     lengths: Sequence[int | None] = (seq_lens or [spec.example_inputs[0].shape[1]]) if is_lm else [None]
     sessions = {"onnxruntime": ort_session(onnx_path, num_threads=num_threads)}
-    if optimized_onnx_path:
+    if isinstance(optimized_onnx_path, dict):  # several optimised variants, e.g. {"onnxruntime (all)": path}
+        sessions |= {label: ort_session(p, num_threads=num_threads) for label, p in optimized_onnx_path.items()}
+    elif optimized_onnx_path:
         sessions["onnxruntime-optimized"] = ort_session(optimized_onnx_path, num_threads=num_threads)
     runner = None
     if engine_path is not None:
