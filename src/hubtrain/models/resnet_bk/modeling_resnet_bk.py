@@ -304,14 +304,36 @@ class ResNetBKMoE(nn.Module):
         B, N, d = x.shape
         flat = x.reshape(-1, d)
         weights, idx, aux = self.route(flat, phase, mask)
-        out = torch.zeros_like(flat)
-        for e in range(self.config.num_experts):
-            token, slot = torch.nonzero(idx == e, as_tuple=True)
-            if token.numel() == 0:
-                continue
-            h = F.silu(flat[token] @ self.w_in[e]) @ self.w_out[e]
-            out = out.index_add(0, token, h * weights[token, slot].unsqueeze(-1))
-        return out.view(B, N, d), aux
+        if flat.shape[0] == 1:  # one token (decoding): run its chosen experts directly, no dispatch machinery
+            return self._single_token(flat, weights, idx).view(B, N, d), aux
+        return self._dispatch(flat, weights, idx).view(B, N, d), aux
+
+    def _dispatch(self, flat: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
+        """Every (token, slot) assignment sorted by expert: one gather, one matmul pair per expert on a contiguous
+        group, one scatter back. O(T k d) memory traffic, where indexing per expert would copy [T, d] per expert
+        (and build a full-size zero gradient of the stacked weights per expert in backward)."""
+        T, k = idx.shape
+        E = self.config.num_experts
+        expert = idx.reshape(-1)
+        order = torch.argsort(expert, stable=True)  # stable: within an expert, tokens stay in order
+        token = torch.div(order, k, rounding_mode="floor")
+        counts = torch.bincount(expert, minlength=E).tolist()
+        groups = flat[token].split(counts)
+        h = torch.cat([
+            F.silu(g @ w_in) @ w_out for g, w_in, w_out in zip(groups, self.w_in.unbind(0), self.w_out.unbind(0))
+        ])
+        h = h * weights.reshape(-1)[order].unsqueeze(-1)
+        return flat.new_zeros(T, flat.shape[1]).index_add_(0, token, h)
+
+    def _single_token(self, flat: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
+        """The mixture for T = 1: the k chosen experts by plain indexing, summed in expert order like `_dispatch`."""
+        experts = idx[0].tolist()
+        out = None
+        for slot in sorted(range(len(experts)), key=experts.__getitem__):
+            e = experts[slot]
+            h = (F.silu(flat @ self.w_in[e]) @ self.w_out[e]) * weights[:, slot : slot + 1]
+            out = h if out is None else out + h
+        return out
 
 
 class ResNetBKHalting(nn.Linear):
@@ -339,11 +361,14 @@ class ResNetBKBlock(nn.Module):
 
     def forward(self, h, mask, mask_prev, positions, state=None, return_state=False):
         m, phase, new_state = self.mixer(self.norm1(h), mask, mask_prev, positions, state, return_state)
-        h = h + self.drop(m)
+        h = h + self._drop(m)
         f, aux = self.moe(self.norm2(h), phase, mask)
-        h = h + self.drop(f)
+        h = h + self._drop(f)
         halt_p = self.halt(h) if hasattr(self, "halt") else None
         return h, new_state, aux, halt_p
+
+    def _drop(self, x: Tensor) -> Tensor:
+        return self.drop(x) if self.drop.p > 0 else x  # p = 0 (the default) keeps dropout out of the graph
 
 
 # ----------------------------------------------------------------------------------------------------------------
