@@ -247,6 +247,17 @@ class BaseTask(pl.LightningModule):
 
     # ------------------------------------------------------------------ Hub-ready folders
 
+    def train(self, mode: bool = True) -> "BaseTask":
+        super().train(mode)
+        if getattr(self, "freeze_backbone", False):
+            self.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics too
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning restores each submodule's mode itself, bypassing train(); pin the frozen backbone here too.
+        if getattr(self, "freeze_backbone", False):
+            self.backbone.eval()
+
     def hub_config(self) -> dict[str, Any]:
         """Everything besides the weights that a reader needs; subclasses add labels, preprocessing, ..."""
         from .. import __version__
@@ -259,6 +270,14 @@ class BaseTask(pl.LightningModule):
         spec = getattr(getattr(self, "backbone", None), "backbone_spec", None)
         if spec is not None:
             config["backbone"] = spec
+        class_names = getattr(self, "class_names", None)
+        if class_names:
+            config.update(
+                num_classes=len(class_names),
+                class_names=list(class_names),
+                id2label={str(i): name for i, name in enumerate(class_names)},
+                label2id={name: i for i, name in enumerate(class_names)},
+            )
         preprocessing = self.preprocessing or getattr(getattr(self, "backbone", None), "data_config", None)
         if preprocessing is not None:
             config["preprocessing"] = to_jsonable(preprocessing)

@@ -95,17 +95,6 @@ class ImageClassifier(BaseTask):
         has_val_accuracy = any(c.name == "accuracy" for c in self.metrics.configs_for("val"))
         return ("val/accuracy", "max") if has_val_accuracy else ("val/loss", "min")
 
-    def train(self, mode: bool = True) -> "ImageClassifier":
-        super().train(mode)
-        if self.freeze_backbone:
-            self.backbone.eval()
-        return self
-
-    def on_train_epoch_start(self) -> None:
-        # Lightning restores each submodule's mode itself, bypassing train(); pin the frozen backbone here too.
-        if self.freeze_backbone:
-            self.backbone.eval()
-
     def _logits(self, images: Tensor) -> Tensor:
         return self.head(self.backbone(images))
 
@@ -161,11 +150,5 @@ class ImageClassifier(BaseTask):
 
     def hub_config(self) -> dict[str, Any]:
         config = super().hub_config()
-        config.update(
-            num_classes=self.num_classes,
-            multi_label=self.multi_label,
-            class_names=self.class_names,
-            id2label={str(i): name for i, name in enumerate(self.class_names)},
-            label2id={name: i for i, name in enumerate(self.class_names)},
-        )
+        config.update(num_classes=self.num_classes, multi_label=self.multi_label)
         return config

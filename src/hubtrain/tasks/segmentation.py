@@ -144,22 +144,6 @@ class SemanticSegmentor(BaseTask):
             self.backbone.requires_grad_(False)
         self.save_hyperparameters()
 
-    def train(self, mode: bool = True) -> "BaseTask":
-        super().train(mode)
-        if self.freeze_backbone:
-            self.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics too
-        return self
-
-    def hub_config(self) -> dict[str, Any]:
-        config = super().hub_config()
-        config.update(
-            num_classes=self.num_classes,
-            class_names=self.class_names,
-            id2label={str(i): name for i, name in enumerate(self.class_names)},
-            label2id={name: i for i, name in enumerate(self.class_names)},
-        )
-        return config
-
     @property
     def monitor(self) -> tuple[str, str]:
         has_miou = any(c.name == "mIoU" for c in self.metrics.configs_for("val"))
