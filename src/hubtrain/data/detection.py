@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from hubtrain.data.dense import DenseDataModule
 from hubtrain.data.segmentation import as_hw, dense_transforms, read_rgb
 from hubtrain.data.synthetic import SHAPE_NAMES, make_shape_sample
 from hubtrain.data.transforms import resolve_transform_config
@@ -198,7 +198,7 @@ def load_csv(csv_path: str | os.PathLike, label_to_index: dict[str, int], image_
     return records
 
 
-class DetectionDataModule(pl.LightningDataModule):
+class DetectionDataModule(DenseDataModule):
     """Detection data for ``ObjectDetector``; batches are ``(images (B,3,H,W), [{"boxes", "labels"}, ...])``.
 
     Sources:
@@ -209,6 +209,8 @@ class DetectionDataModule(pl.LightningDataModule):
       * ``format="csv"``: ``<split>_annotations`` CSV files, image paths relative to the CSV's folder.
     Without a validation split, ``val_split`` of train is held out and read with evaluation transforms.
     """
+
+    collate_fn = staticmethod(detection_collate)  # variable numbers of boxes per image
 
     def __init__(
         self,
@@ -297,20 +299,6 @@ class DetectionDataModule(pl.LightningDataModule):
     def _transform(self, train: bool) -> v2.Compose:
         return detection_transforms(self.transform_config, train and self.augment)
 
-    @classmethod
-    def from_backbone(cls, backbone: Any, **kwargs: Any) -> "DetectionDataModule":
-        """A data module normalising as ``backbone`` expects (a backbone, a task, or a name built without weights)."""
-        if not hasattr(getattr(backbone, "backbone", backbone), "data_config"):
-            from hubtrain.backbones import create_backbone
-
-            backbone = create_backbone(backbone, pretrained=False)
-        return cls(transform_config=backbone, **kwargs)
-
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        """The evaluation preprocessing as a timm data config (tasks store it in checkpoints and config.json)."""
-        return dict(self.transform_config)
-
     def _dataset(self, split: str, train: bool) -> Dataset | None:
         if self.dataset_name == "synthetic_shapes":
             return SyntheticShapesDetection(split, self.synthetic_sizes[split], self.image_size[0], self.seed,
@@ -329,34 +317,11 @@ class DetectionDataModule(pl.LightningDataModule):
         if stage in (None, "fit", "validate"):
             train = self._dataset("train", train=True)
             val = self._dataset("val", train=False)
-            if val is None and self.val_split > 0:
-                eval_view = self._dataset("train", train=False)
-                order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed)).tolist()
-                n_val = max(1, int(round(len(train) * self.val_split)))
-                if n_val >= len(train):
-                    raise ValueError(f"val_split={self.val_split} leaves no training images out of {len(train)}.")
-                train, val = Subset(train, order[n_val:]), Subset(eval_view, order[:n_val])
+            if val is None:
+                train, val = self.split_off_val(train, self._dataset("train", train=False))
             self.train_dataset, self.val_dataset = train, val
         if stage in (None, "test", "predict"):
             self.test_dataset = self._dataset("test", train=False)
             if self.test_dataset is None and stage == "test":
                 raise FileNotFoundError("no test split: pass test_annotations=<path> (or add "
                                         "annotations/instances_test.json under data_dir).")
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool, split: str) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"no {split} data: call setup() first (the Trainer does), or give a {split} split.")
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=detection_collate, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True, split="train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False, split="val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, shuffle=False, split="test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, shuffle=False, split="predict")

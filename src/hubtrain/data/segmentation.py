@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 
+from hubtrain.data.dense import DenseDataModule
 from hubtrain.data.synthetic import SHAPE_NAMES, make_shape_sample
 from hubtrain.data.transforms import resolve_transform_config
 
@@ -177,7 +177,7 @@ def csv_pairs(csv_path: str | os.PathLike, image_column: str = "image", mask_col
     return pairs
 
 
-class SegmentationDataModule(pl.LightningDataModule):
+class SegmentationDataModule(DenseDataModule):
     """Image + mask data for ``SemanticSegmentor``; batches are ``(images (B,3,H,W) float, masks (B,H,W) int64)``.
 
     Sources, in order of precedence:
@@ -244,20 +244,6 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
 
-    @classmethod
-    def from_backbone(cls, backbone: Any, **kwargs: Any) -> "SegmentationDataModule":
-        """A data module normalising as ``backbone`` expects (a backbone, a task, or a name built without weights)."""
-        if not hasattr(getattr(backbone, "backbone", backbone), "data_config"):
-            from hubtrain.backbones import create_backbone
-
-            backbone = create_backbone(backbone, pretrained=False)
-        return cls(transform_config=backbone, **kwargs)
-
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        """The evaluation preprocessing as a timm data config (tasks store it in checkpoints and config.json)."""
-        return dict(self.transform_config)
-
     def _transform(self, train: bool) -> v2.Compose:
         return dense_transforms(self.transform_config, train and self.augment)
 
@@ -284,13 +270,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             train = self._dataset("train", train=True)
             val = self._dataset("val", train=False)
             if val is None:
-                # Hold out part of train, read through evaluation transforms (no flips on validation).
-                eval_view = self._dataset("train", train=False)
-                order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed)).tolist()
-                n_val = max(1, int(round(len(train) * self.val_split))) if self.val_split > 0 else 0
-                if n_val >= len(train):
-                    raise ValueError(f"val_split={self.val_split} leaves no training images out of {len(train)}.")
-                train, val = Subset(train, order[n_val:]), (Subset(eval_view, order[:n_val]) if n_val else None)
+                train, val = self.split_off_val(train, self._dataset("train", train=False))
             self.train_dataset, self.val_dataset = train, val
         if stage in (None, "test"):
             self.test_dataset = self._dataset("test", train=False)
@@ -299,21 +279,3 @@ class SegmentationDataModule(pl.LightningDataModule):
                 raise FileNotFoundError(f"no test split: {where} is missing; add it or skip trainer.test().")
         if stage == "predict":
             self.test_dataset = self._dataset("test", train=False) or self._dataset("val", train=False)
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool, split: str) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"no {split} data: call setup() first (the Trainer does), or give a {split} split.")
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, drop_last=False)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True, split="train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False, split="val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, shuffle=False, split="test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, shuffle=False, split="test")
