@@ -34,6 +34,16 @@ def test_help_lists_commands_and_examples(capsys):
     assert "examples:" in out and "hubtrain quickstart" in out
 
 
+@pytest.mark.parametrize("command", [["quickstart"], ["quickstart", "lm"], ["export"], ["push"], ["generate"]])
+def test_every_subcommand_has_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: hubtrain " + " ".join(command) in out
+    assert "example" in out.lower()
+
+
 def test_quickstart_reaches_95_percent_and_writes_a_loadable_hub_folder(tmp_path):
     """The main job: >= 95% on the digits validation split; the Hub folder reproduces the trained predictions."""
     from hubtrain import ImageClassifier, ImageDataModule
