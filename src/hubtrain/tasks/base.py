@@ -247,6 +247,20 @@ class BaseTask(pl.LightningModule):
 
     # ------------------------------------------------------------------ Hub-ready folders
 
+    # Lightning's three loops share one step; a task implements ``_step(batch, stage) -> loss`` and logs with
+    # ``stage`` as the metric prefix ("train/loss", "val/accuracy", ...).
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement _step(batch, stage)")
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
     def train(self, mode: bool = True) -> "BaseTask":
         super().train(mode)
         if getattr(self, "freeze_backbone", False):

@@ -124,15 +124,6 @@ class ImageClassifier(BaseTask):
         self.metrics.log(self, stage, batch_size=batch_size)
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
-
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Probabilities ``(B, num_classes)``; the batch may be images or ``(images, labels)``."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -149,15 +149,6 @@ class ObjectDetector(BaseTask):
                     self.detection_metrics[f"{stage}_{cfg.name}"].update(preds, list(targets))
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Targets], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, Targets], batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Targets], batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
-
     def _log_metrics(self, stage: str) -> None:
         for cfg in self.metric_configs:
             metric = self.detection_metrics[f"{stage}_{cfg.name}"] if stage in cfg.stages else None

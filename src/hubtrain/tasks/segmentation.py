@@ -175,15 +175,6 @@ class SemanticSegmentor(BaseTask):
             self.per_class_iou[stage].update(probs, masks)
         return loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "test")
-
     def _log_per_class(self, stage: str) -> None:
         metric = self.per_class_iou[stage]
         if not metric.update_called:
