@@ -44,7 +44,8 @@ class ResNetBKConfig(PretrainedConfig):
         use_act, act_halt_threshold, act_ponder_weight: adaptive computation time across layers; a token stops
             being updated once its cumulative halting probability reaches 1 - act_halt_threshold, and
             act_ponder_weight times the ponder cost is added to the loss.
-        scan_chunk_size: chunk length of the two-level scan (speed only; results do not depend on it).
+        scan_chunk_size: chunk length of the fast scan, or None for about sqrt(sequence length) (speed only;
+            results do not depend on it).
         norm_eps: epsilon of the RMS norms.
         initializer_range: std of the normal initialisation of linear and embedding weights.
     """
@@ -86,7 +87,7 @@ class ResNetBKConfig(PretrainedConfig):
     use_act: bool = False
     act_halt_threshold: float = 0.01
     act_ponder_weight: float = 0.01
-    scan_chunk_size: int = 32
+    scan_chunk_size: int | None = None
     norm_eps: float = 1e-5
     initializer_range: float = 0.02
     use_cache: bool = True
@@ -101,6 +102,8 @@ class ResNetBKConfig(PretrainedConfig):
         positive_ints = ("vocab_size", "d_model", "n_layers", "n_seq", "num_experts", "top_k", "num_channels",
                          "channel_dim", "k_max", "low_rank", "scan_chunk_size")
         for name in positive_ints:
+            if name == "scan_chunk_size" and self.scan_chunk_size is None:
+                continue
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ResNetBKConfig: {name}={value!r} must be a positive integer")

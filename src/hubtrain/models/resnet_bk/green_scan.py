@@ -10,14 +10,15 @@ are the diagonal of (H^(i) - z)^-1 and the resolvent applied to the values, both
 compute the same numbers:
 
 * ``green_scan_reference`` runs the recurrences one position at a time (for tests);
-* ``green_scan`` is the fast default, a two-level scan over chunks of ``chunk_size`` positions.  For g: each
-  chunk's 2x2 transfer-matrix product (M_i = [[0, 1], [-t_{i-1}^2, a_i - z]], renormalised, since only the ratio
-  g = p/q matters) by a pairwise product tree, prefixes of those across chunks by log-depth doubling, then the
-  recurrence itself inside all chunks at once from the g entering each chunk.  For y: the linear recurrence
-  y_i = A_i y_{i-1} + g_i u_i (A_i = -t_{i-1} g_i) inside all chunks at once from zero, the chunks' affine maps
-  scanned across chunks by doubling, and each chunk's incoming y added back.  O(N) work and memory, about
-  2 * chunk_size tensor ops per call whatever N, exact gradients from autograd through plain arithmetic
-  (no logarithms, so an exactly-zero coupling is differentiated correctly);
+* ``green_scan`` is the fast default.  The sequence is cut into C chunks of L ~ sqrt(N) positions and every
+  recurrence runs L steps inside all chunks at once, then C steps across chunk ends: for g, each chunk's 2x2
+  transfer-matrix product (M_i = [[0, 1], [-t_{i-1}^2, a_i - z]], renormalised, since only the ratio g = p/q
+  matters) gives the Moebius map from the g entering the chunk to the g leaving it, those maps are chained across
+  chunks, and the recurrence itself is then run inside all chunks from their incoming g; y_i = A_i y_{i-1} + g_i u_i
+  (A_i = -t_{i-1} g_i) is a linear recurrence, scanned the same way.  The forward builds no autograd graph; the
+  backward is analytic: the adjoints of both recurrences are linear recurrences run in reverse by the same
+  chunked scan (formulas in ``_GreenScan``).  Gradients are exact (gradcheck in float64), memory is the inputs
+  and outputs only (linear in N), and O(L + C) small tensor ops per call;
 * ``green_scan_step`` advances the state (g, y) by one token, for decoding.
 
 Complex numbers are written out as (real, imaginary) pairs of real tensors so the model exports to ONNX.
@@ -26,11 +27,12 @@ This file imports only torch: it is copied next to the modeling file when a mode
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["green_scan", "green_scan_reference", "green_scan_step"]
 
@@ -97,79 +99,194 @@ def green_scan_reference(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# fast path: two-level associative scans
+# fast path: chunked recurrences with an analytic backward
 
 
-def _cmatmul(ar: Tensor, ai: Tensor, br: Tensor, bi: Tensor) -> tuple[Tensor, Tensor]:
-    """Complex 2x2 matrix product A @ B on (..., 2, 2) real/imag parts, renormalised to max-abs entry 1.
+def _lay(x: Tensor, C: int, L: int) -> Tensor:
+    """(B, N, ...) -> (L, B, C, ...), zero-padded to C * L positions: step l of every chunk is one contiguous slice."""
+    B, N = x.shape[:2]
+    if C * L != N:
+        x = torch.cat([x, x.new_zeros(B, C * L - N, *x.shape[2:])], 1)
+    return x.reshape(B, C, L, *x.shape[2:]).movedim(2, 0).contiguous()
 
-    Only ratios of the matrix entries are ever used (g = p/q), so dividing by a positive number changes nothing;
-    the normaliser is detached because the result is invariant to it (its exact derivative contribution is zero).
+
+def _unlay(x: Tensor, N: int) -> Tensor:
+    """(L, B, C, ...) -> (B, N, ...), dropping the padding."""
+    L, B, C = x.shape[:3]
+    return x.movedim(0, 2).reshape(B, C * L, *x.shape[3:])[:, :N]
+
+
+def _linear_scan(Ar: Tensor, Ai: Tensor, xr: Tensor, xi: Tensor, x0r: Optional[Tensor], x0i: Optional[Tensor]):
+    """In place, x_k = A_k x_{k-1} + b_k along the whole (laid-out) sequence, x before the first position = x0.
+
+    A: (L, B, C, H) complex coefficients, x: (L, B, C, H[, P]) holding b on entry and x on return.  Inside all
+    chunks at once from zero (with the running products of A), across chunk ends one chunk at a time, then each
+    chunk's incoming x carried through its running products.
     """
-    a_r, a_i = ar.unsqueeze(-1), ai.unsqueeze(-1)  # (..., i, j, 1)
-    b_r, b_i = br.unsqueeze(-3), bi.unsqueeze(-3)  # (..., 1, j, k)
-    cr = (a_r * b_r - a_i * b_i).sum(-2)
-    ci = (a_r * b_i + a_i * b_r).sum(-2)
-    scale = torch.maximum(cr.abs(), ci.abs()).amax(dim=(-2, -1), keepdim=True).detach()
-    return cr / scale, ci / scale
+    L, B, C = xr.shape[:3]
+    ex = (lambda t: t.unsqueeze(-1)) if xr.dim() > Ar.dim() else (lambda t: t)
+    nAi = -Ai
+    cr, ci = torch.empty_like(Ar), torch.empty_like(Ai)
+    cr[0], ci[0] = Ar[0], Ai[0]
+    # unbind once: views of every step without per-step indexing
+    Ar_, Ai_, nAi_ = Ar.unbind(0), Ai.unbind(0), nAi.unbind(0)
+    eAr, eAi, enAi = ex(Ar).unbind(0), ex(Ai).unbind(0), ex(nAi).unbind(0)
+    xr_, xi_, cr_, ci_ = xr.unbind(0), xi.unbind(0), cr.unbind(0), ci.unbind(0)
+    for k in range(1, L):
+        xr_[k].addcmul_(eAr[k], xr_[k - 1]).addcmul_(enAi[k], xi_[k - 1])
+        xi_[k].addcmul_(eAr[k], xi_[k - 1]).addcmul_(eAi[k], xr_[k - 1])
+        torch.mul(Ar_[k], cr_[k - 1], out=cr_[k]).addcmul_(nAi_[k], ci_[k - 1])
+        torch.mul(Ar_[k], ci_[k - 1], out=ci_[k]).addcmul_(Ai_[k], cr_[k - 1])
+    if C == 1 and x0r is None:
+        return xr, xi
+    # x entering each chunk: chunk-major so that every step is one contiguous slice
+    end_r, end_i = xr[-1].movedim(1, 0), xi[-1].movedim(1, 0)  # (C, B, ...)
+    tot_r, tot_i = ex(cr[-1]).movedim(1, 0), ex(ci[-1]).movedim(1, 0)
+    in_r, in_i = xr.new_zeros(xr.shape[1:]).movedim(1, 0).contiguous(), xi.new_zeros(xi.shape[1:]).movedim(1, 0).contiguous()
+    if x0r is not None:
+        in_r[0], in_i[0] = x0r, x0i
+    er_, ei_, tr_, ti_, nti_ = end_r.unbind(0), end_i.unbind(0), tot_r.unbind(0), tot_i.unbind(0), (-tot_i).unbind(0)
+    ir_, ii_ = in_r.unbind(0), in_i.unbind(0)
+    for c in range(1, C):
+        torch.addcmul(er_[c - 1], tr_[c - 1], ir_[c - 1], out=ir_[c]).addcmul_(nti_[c - 1], ii_[c - 1])
+        torch.addcmul(ei_[c - 1], tr_[c - 1], ii_[c - 1], out=ii_[c]).addcmul_(ti_[c - 1], ir_[c - 1])
+    in_r, in_i = in_r.movedim(0, 1), in_i.movedim(0, 1)  # (B, C, ...)
+    cr, ci = ex(cr), ex(ci)
+    xr.addcmul_(cr, in_r).addcmul_(-ci, in_i)
+    xi.addcmul_(cr, in_i).addcmul_(ci, in_r)
+    return xr, xi
 
 
-def _shift(x: Tensor, d: int, dim: int, value: float) -> Tensor:
-    """x moved d steps forward along ``dim``, the first d entries filled with ``value`` (one pad op each way)."""
-    pads = [0, 0] * (x.dim() - 1 - dim) + [d, -d]
-    return F.pad(x, pads, value=value)
+def _g_scan(dr: Tensor, eta: Tensor, t2: Tensor, g0r: Optional[Tensor], g0i: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """g_k = 1 / (d_k - t2_k g_{k-1}) with d = dr - i eta, on laid-out (L, B, C, H) tensors; g before = g0."""
+    L, B, C, H = dr.shape
+    # each chunk's Moebius map g_in -> g_out: the transfer-matrix product Q = M_L ... M_1, M = [[0, 1], [-t2, d]],
+    # rows stacked as (re, im of column 0, re, im of column 1) and renormalised every step (g is a ratio)
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=dr.dtype, device=dr.device).view(4, 1, 1, 1)
+    eta4 = sign * eta
+    swap = torch.tensor([1, 0, 3, 2], device=dr.device)
+    row0 = dr.new_zeros(4, B, C, H)
+    row0[2] = 1.0
+    row1 = torch.stack([-t2[0], torch.zeros_like(dr[0]), dr[0], (-eta).expand(B, C, H)])
+    dr_, t2_ = dr.unbind(0), t2.unbind(0)
+    for k in range(1, L):
+        new = (row1 * dr_[k]).addcmul_(row1.index_select(0, swap), eta4).addcmul_(row0, t2_[k], value=-1.0)
+        s = new.abs().amax(0)
+        row0, row1 = row1.div_(s), new.div_(s)
+    # g entering each chunk, one chunk at a time: g_in[c] = Q[c-1](g_in[c-1])
+    q0, q1 = row0.permute(2, 0, 1, 3), row1.permute(2, 0, 1, 3)  # (C, 4, B, H)
+    gin_r, gin_i = dr.new_zeros(C, B, H), dr.new_zeros(C, B, H)
+    if g0r is not None:
+        gin_r[0], gin_i[0] = g0r, g0i
+    for c in range(1, C):
+        a, b, gr, gi = q0[c - 1], q1[c - 1], gin_r[c - 1], gin_i[c - 1]
+        nr = a[0] * gr - a[1] * gi + a[2]
+        ni = a[0] * gi + a[1] * gr + a[3]
+        er = b[0] * gr - b[1] * gi + b[2]
+        ei = b[0] * gi + b[1] * gr + b[3]
+        den = er * er + ei * ei
+        torch.div(nr * er + ni * ei, den, out=gin_r[c])
+        torch.div(ni * er - nr * ei, den, out=gin_i[c])
+    # inside every chunk at once, the recurrence itself from the incoming g (contractive: stable in float32)
+    g_re, g_im = torch.empty_like(dr), torch.empty_like(dr)
+    gr, gi = gin_r.movedim(0, 1), gin_i.movedim(0, 1)
+    neg_eta = -eta
+    gre_, gim_ = g_re.unbind(0), g_im.unbind(0)
+    for k in range(L):
+        d_re = dr_[k] - t2_[k] * gr
+        d_im = neg_eta - t2_[k] * gi
+        den = d_re * d_re + d_im * d_im  # >= eta^2
+        gr = torch.div(d_re, den, out=gre_[k])
+        gi = torch.div(d_im, den, out=gim_[k]).neg_()
+    return g_re, g_im
 
 
-def _matrix_total(mr: Tensor, mi: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """The product M_{n-1} ... M_0 along ``dim`` (length a power of two) by a pairwise tree: O(n) products."""
-    while mr.shape[dim] > 1:
-        pr, pi = mr.unflatten(dim, (-1, 2)), mi.unflatten(dim, (-1, 2))
-        mr, mi = _cmatmul(pr.select(dim + 1, 1), pi.select(dim + 1, 1), pr.select(dim + 1, 0), pi.select(dim + 1, 0))
-    return mr.squeeze(dim), mi.squeeze(dim)
+class _GreenScan(torch.autograd.Function):
+    """Forward: the recurrences evaluated chunk-wise with no graph.  Backward: their adjoints, two reverse linear scans.
 
-
-def _matrix_prefix(mr: Tensor, mi: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """Inclusive prefix products P_k = M_k ... M_0 along ``dim`` by log-depth doubling (Hillis-Steele).
-
-    Shifted-in entries are the identity matrix, so the first d entries are left as they are.
+    With G_w = dL/dRe w + i dL/dIm w (holomorphic chain rule) and A_i = -t_{i-1} g_i, k_i = t_{i-1}^2 g_i^2,
+    w_i = u_i - t_{i-1} y_{i-1}:
+        lambda_i = Gy_i + conj(A_{i+1}) lambda_{i+1}                          (adjoint of y)
+        mu_i     = Gg_i + sum_P conj(w_i) lambda_i + conj(k_{i+1}) mu_{i+1}     (adjoint of g)
+    and dL/du_i = conj(g_i) lambda_i, dL/da_i = Re(conj(-g_i^2) mu_i), dL/dz = sum conj(g_i^2) mu_i,
+    dL/dt_{i-1} = Re sum_P conj(-g_i y_{i-1}) lambda_i + 2 t_{i-1} Re(conj(g_i^2 g_{i-1}) mu_i),
+    dL/dy_0 = conj(A_1) lambda_1, dL/dg_0 = conj(k_1) mu_1 for a continued state.
     """
-    n = mr.shape[dim]
-    eye = torch.eye(2, dtype=mr.dtype, device=mr.device)
-    d = 1
-    while d < n:
-        first = (torch.arange(n, device=mr.device) < d).to(mr.dtype).view(n, *([1] * (mr.dim() - 1 - dim)))
-        sr = _shift(mr, d, dim, 0.0) + first * eye
-        si = _shift(mi, d, dim, 0.0)
-        mr, mi = _cmatmul(mr, mi, sr, si)
-        d *= 2
-    return mr, mi
 
+    @staticmethod
+    def forward(ctx, a, t, z_re, z_im, u_re, u_im, g0_re, g0_im, y0_re, y0_im, L):
+        B, N, H = a.shape
+        C = -(-N // L)
+        dr, tl = _lay(a - z_re, C, L), _lay(t, C, L)
+        gl_re, gl_im = _g_scan(dr, z_im, tl * tl, g0_re, g0_im)
+        ur = _lay(u_re, C, L)
+        gr, gi = gl_re.unsqueeze(-1), gl_im.unsqueeze(-1)
+        if u_im is None:
+            br, bi = gr * ur, gi * ur
+        else:
+            ui = _lay(u_im, C, L)
+            br, bi = (gr * ur).addcmul_(gi, ui, value=-1.0), (gr * ui).addcmul_(gi, ur)
+        yl_re, yl_im = _linear_scan(-tl * gl_re, -tl * gl_im, br, bi, y0_re, y0_im)
+        g_re, g_im, y_re, y_im = (_unlay(x, N) for x in (gl_re, gl_im, yl_re, yl_im))
+        ctx.save_for_backward(t, u_re, u_im, g_re, g_im, y_re, y_im, g0_re, g0_im, y0_re, y0_im)
+        ctx.L = L
+        return g_re, g_im, y_re, y_im
 
-def _affine_prefix(ar: Tensor, ai: Tensor, br: Tensor, bi: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Inclusive scan of x_k = A_k x_{k-1} + b_k (x_{-1} = 0) along ``dim`` by doubling.
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, Gg_re, Gg_im, Gy_re, Gy_im):
+        t, u_re, u_im, g_re, g_im, y_re, y_im, g0_re, g0_im, y0_re, y0_im = ctx.saved_tensors
+        B, N, H = g_re.shape
+        L = ctx.L
+        C = -(-N // L)
 
-    A: (..., n, H) complex scalars, b: (..., n, H, P) complex vectors.  Returns (cumulative A products, x).
-    Each A-product covers a contiguous run of positions, so it is a ratio of two Green's-function entries and
-    stays bounded (see the module docstring).
-    """
-    n = ar.shape[dim]
-    d = 1
-    while d < n:
-        qr, qi = _shift(br, d, dim, 0.0), _shift(bi, d, dim, 0.0)
-        xr, xi = ar.unsqueeze(-1), ai.unsqueeze(-1)
-        br, bi = (
-            torch.addcmul(torch.addcmul(br, xr, qr), xi, qi, value=-1.0),
-            torch.addcmul(torch.addcmul(bi, xr, qi), xi, qr),
-        )
-        pr, pi = _shift(ar, d, dim, 1.0), _shift(ai, d, dim, 0.0)
-        ar, ai = ar * pr - ai * pi, ar * pi + ai * pr
-        d *= 2
-    return ar, ai, br, bi
+        def rscan(kr: Tensor, ki: Tensor, sr: Tensor, si: Tensor) -> tuple[Tensor, Tensor]:
+            """x_i = s_i + conj(k_{i+1}) x_{i+1}: the forward scan on the reversed sequence."""
+            kr, ki = kr.flip(1)[:, :-1], ki.flip(1)[:, :-1].neg()
+            kr, ki = (torch.cat([x.new_zeros(B, 1, H), x], 1) for x in (kr, ki))
+            xr, xi = _linear_scan(_lay(kr, C, L), _lay(ki, C, L), _lay(sr.flip(1), C, L), _lay(si.flip(1), C, L),
+                                  None, None)
+            return _unlay(xr, N).flip(1), _unlay(xi, N).flip(1)
 
-
-def _shift_right(x: Tensor, dim: int) -> Tensor:
-    """x shifted one step along ``dim`` (position 0 gets zeros): the exclusive predecessor of every element."""
-    return _shift(x, 1, dim, 0.0)
+        zeros = torch.zeros_like
+        Gg_re = zeros(g_re) if Gg_re is None else Gg_re
+        Gg_im = zeros(g_im) if Gg_im is None else Gg_im
+        Gy_re = zeros(y_re) if Gy_re is None else Gy_re
+        Gy_im = zeros(y_im) if Gy_im is None else Gy_im
+        gr, gi = g_re.unsqueeze(-1), g_im.unsqueeze(-1)
+        lr, li = rscan(-t * g_re, -t * g_im, Gy_re, Gy_im)  # adjoint of y
+        grad_u_re = gr * lr + gi * li
+        grad_u_im = None if u_im is None else gr * li - gi * lr
+        # values before each position: y_{i-1} and g_{i-1} (the continued state, or zero, before the first)
+        y0r = y_re.new_zeros(B, 1, *y_re.shape[2:]) if y0_re is None else y0_re.unsqueeze(1)
+        y0i = y_im.new_zeros(B, 1, *y_im.shape[2:]) if y0_im is None else y0_im.unsqueeze(1)
+        yp_re, yp_im = torch.cat([y0r, y_re[:, :-1]], 1), torch.cat([y0i, y_im[:, :-1]], 1)
+        g0r = g_re.new_zeros(B, 1, H) if g0_re is None else g0_re.unsqueeze(1)
+        g0i = g_im.new_zeros(B, 1, H) if g0_im is None else g0_im.unsqueeze(1)
+        gp_re, gp_im = torch.cat([g0r, g_re[:, :-1]], 1), torch.cat([g0i, g_im[:, :-1]], 1)
+        tt = t.unsqueeze(-1)
+        w_re = u_re - tt * yp_re
+        w_im = -tt * yp_im if u_im is None else u_im - tt * yp_im
+        e_re = Gg_re + (w_re * lr + w_im * li).sum(-1)
+        e_im = Gg_im + (w_re * li - w_im * lr).sum(-1)
+        py_re, py_im = gr * yp_re - gi * yp_im, gr * yp_im + gi * yp_re  # g_i y_{i-1}
+        grad_t = -(py_re * lr + py_im * li).sum(-1)
+        g2_re, g2_im = g_re * g_re - g_im * g_im, 2 * g_re * g_im
+        t2 = t * t
+        mr, mi = rscan(t2 * g2_re, t2 * g2_im, e_re, e_im)  # adjoint of g
+        gd_re = -(g2_re * mr + g2_im * mi)  # conj(-g^2) mu
+        gd_im = -(g2_re * mi - g2_im * mr)
+        h_re, h_im = g2_re * gp_re - g2_im * gp_im, g2_re * gp_im + g2_im * gp_re  # g_i^2 g_{i-1}
+        grad_t = grad_t + 2 * t * (h_re * mr + h_im * mi)
+        grad_z_re, grad_z_im = -gd_re.sum((0, 1)), -gd_im.sum((0, 1))
+        grad_g0 = grad_y0 = (None, None)
+        if y0_re is not None:  # conj(A_1) lambda_1 and conj(k_1) mu_1
+            a1r, a1i = (-t[:, 0] * g_re[:, 0]).unsqueeze(-1), (-t[:, 0] * g_im[:, 0]).unsqueeze(-1)
+            l1r, l1i = lr[:, 0], li[:, 0]
+            grad_y0 = (a1r * l1r + a1i * l1i, a1r * l1i - a1i * l1r)
+            k1r, k1i = t2[:, 0] * g2_re[:, 0], t2[:, 0] * g2_im[:, 0]
+            grad_g0 = (k1r * mr[:, 0] + k1i * mi[:, 0], k1r * mi[:, 0] - k1i * mr[:, 0])
+        return (gd_re, grad_t, grad_z_re, grad_z_im, grad_u_re, grad_u_im, *grad_g0, *grad_y0, None)
 
 
 def green_scan(
@@ -179,7 +296,7 @@ def green_scan(
     z_im: Tensor,
     u_re: Tensor,
     u_im: Optional[Tensor] = None,
-    chunk_size: int = 32,
+    chunk_size: Optional[int] = None,
     *,
     initial: Optional[GreenState] = None,
     hop_in: Optional[Tensor] = None,
@@ -190,110 +307,26 @@ def green_scan(
         a: (B, N, H) potential.  hop: (B, N, H) hopping, hop[:, i] couples positions i and i+1 (hop[:, N-1] unused).
         z_re, z_im: (H,) energy of each channel, z_im > 0.
         u_re, u_im: (B, N, H, P) values (u_im=None for real values).
-        chunk_size: positions per chunk of the two-level scan (a speed knob; results do not depend on it).
+        chunk_size: positions per chunk (a speed knob; results do not depend on it).  None: about sqrt(N), which
+            balances the steps inside chunks against the steps across them.
         initial, hop_in: continue a sequence instead of starting one: `initial` is the state (g_re, g_im, y_re,
             y_im) of the position before the first one here ((B, H) and (B, H, P)), `hop_in` (B, H) its coupling
-            to the first position here.  The result equals the tail of one scan over the whole sequence.
+            to the first position here.  The result equals the tail of one scan over the whole sequence, and
+            gradients flow into the state and the coupling.
     Returns:
         g_re, g_im: (B, N, H) and y_re, y_im: (B, N, H, P), as defined in section 1 of docs/design/resnet_bk.md.
     """
     _check_shapes(a, hop, z_re, z_im, u_re, u_im)
-    if chunk_size < 1:
-        raise ValueError(f"green_scan: chunk_size must be >= 1, got {chunk_size}")
-    B, N, H = a.shape
-    P = u_re.shape[-1]
-    # chunk length: a power of two (the product tree pairs neighbours), no longer than needed
-    L = min(1 << (chunk_size.bit_length() - 1), 1 << (N - 1).bit_length())
-    C = -(-N // L)
-    pad = C * L - N
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"green_scan: chunk_size must be >= 1 or None (automatic), got {chunk_size}")
     if (initial is None) != (hop_in is None):
         raise ValueError("green_scan: pass both initial and hop_in to continue a sequence, or neither")
-    if initial is None:
-        t_prev = _shift_right(hop, 1)  # t_prev[:, i] = t_{i-1}, 0 at the first position
-    else:
-        t_prev = torch.cat([hop_in.unsqueeze(1), hop[:, :-1]], 1)
-    if pad:  # trailing positions never influence earlier ones (causality), so any padding will do
-        a = torch.cat([a, a.new_zeros(B, pad, H)], 1)
-        t_prev = torch.cat([t_prev, t_prev.new_zeros(B, pad, H)], 1)
-        u_re = torch.cat([u_re, u_re.new_zeros(B, pad, H, P)], 1)
-        if u_im is not None:
-            u_im = torch.cat([u_im, u_im.new_zeros(B, pad, H, P)], 1)
-
-    # --- g: [p_i, q_i] = M_i [p_{i-1}, q_{i-1}], M_i = [[0, 1], [-t_{i-1}^2, a_i - z]], g_i = p_i / q_i.
-    # Chunk totals by a pairwise product tree (O(N) work), prefixes across chunks by doubling (O(C log C)),
-    # then inside each chunk the recurrence itself, all chunks at once, from the g entering the chunk.
-    t2 = t_prev * t_prev
-    c_re = a - z_re
-    zero = torch.zeros_like(a)
-    m_re = torch.stack([torch.stack([zero, torch.ones_like(a)], -1), torch.stack([-t2, c_re], -1)], -2)
-    m_im = torch.stack([torch.stack([zero, zero], -1), torch.stack([zero, (-z_im).expand_as(a)], -1)], -2)
-    tot_re, tot_im = _matrix_total(m_re.view(B, C, L, H, 2, 2), m_im.view(B, C, L, H, 2, 2), dim=2)
-    pre_re, pre_im = _matrix_prefix(tot_re, tot_im, dim=1)  # (B, C, H, 2, 2): chunks 0..c
-    # [p, q] entering chunk c is (product of chunks < c) @ [g_0, 1], with g_0 = 0 before the first position
-    # (or the given state's g); the product of no chunks is the identity.  g = p / q.
-    first = F.pad(a.new_ones(B, 1, H), (0, 0, 0, C - 1))  # 1 for chunk 0, 0 elsewhere
-    pr, pi = _shift_right(pre_re[..., 0, 1], 1), _shift_right(pre_im[..., 0, 1], 1)
-    qr, qi = _shift_right(pre_re[..., 1, 1], 1) + first, _shift_right(pre_im[..., 1, 1], 1)
+    B, N, H = a.shape
+    L = max(1, min(chunk_size if chunk_size is not None else max(8, math.isqrt(N)), N))
+    # t[:, i] = t_{i-1}, the coupling into position i (zero before the first position of a new sequence)
+    t_first = hop.new_zeros(B, 1, H) if hop_in is None else hop_in.unsqueeze(1)
+    t = torch.cat([t_first, hop[:, :-1]], 1)
+    g0, y0 = (None, None), (None, None)
     if initial is not None:
-        g0r, g0i = initial[0].unsqueeze(1), initial[1].unsqueeze(1)
-        p0r, p0i = _shift_right(pre_re[..., 0, 0], 1) + first, _shift_right(pre_im[..., 0, 0], 1)
-        q0r, q0i = _shift_right(pre_re[..., 1, 0], 1), _shift_right(pre_im[..., 1, 0], 1)
-        pr, pi = pr + p0r * g0r - p0i * g0i, pi + p0r * g0i + p0i * g0r
-        qr, qi = qr + q0r * g0r - q0i * g0i, qi + q0r * g0i + q0i * g0r
-    qq = qr * qr + qi * qi
-    g_r, g_i = (pr * qr + pi * qi) / qq, (pi * qr - pr * qi) / qq  # (B, C, H)
-    gs_re, gs_im = [], []
-    neg_eta = -z_im
-    for c_i, t2_i in zip(c_re.view(B, C, L, H).unbind(2), t2.view(B, C, L, H).unbind(2)):
-        d_re = c_i - t2_i * g_r
-        d_im = neg_eta - t2_i * g_i
-        den = d_re * d_re + d_im * d_im  # >= eta^2
-        g_r, g_i = d_re / den, -d_im / den
-        gs_re.append(g_r)
-        gs_im.append(g_i)
-    g_re, g_im = torch.stack(gs_re, 2), torch.stack(gs_im, 2)  # (B, C, L, H)
-
-    # --- y: y_i = g_i (u_i - t_{i-1} y_{i-1}) = A_i y_{i-1} + g_i u_i with A_i = -t_{i-1} g_i.
-    # Inside chunks the recurrence from y = 0 (all chunks at once), with the running products of A;
-    # across chunks the affine maps (A-product, local end) by doubling; then add each chunk's incoming y.
-    t_l = t_prev.view(B, C, L, H).unbind(2)
-    gr_l, gi_l = g_re.unbind(2), g_im.unbind(2)
-    ur_l = u_re.view(B, C, L, H, P).unbind(2)
-    ui_l = u_im.view(B, C, L, H, P).unbind(2) if u_im is not None else None
-    loc_re, loc_im, cA_re, cA_im = [], [], [], []
-    for k in range(L):
-        gr, gi = gr_l[k].unsqueeze(-1), gi_l[k].unsqueeze(-1)
-        if k == 0:  # the chunk's own first position: no incoming state (that is added below)
-            w_re, w_im = ur_l[0], (ui_l[0] if ui_l is not None else None)
-            a_re, a_im = -t_l[0] * gr_l[0], -t_l[0] * gi_l[0]
-        else:
-            tk = t_l[k].unsqueeze(-1)
-            w_re = ur_l[k] - tk * y_r
-            w_im = -tk * y_i if ui_l is None else ui_l[k] - tk * y_i
-            A_re, A_im = -t_l[k] * gr_l[k], -t_l[k] * gi_l[k]
-            a_re, a_im = A_re * a_re - A_im * a_im, A_re * a_im + A_im * a_re
-        if w_im is None:
-            y_r, y_i = gr * w_re, gi * w_re
-        else:
-            y_r, y_i = gr * w_re - gi * w_im, gr * w_im + gi * w_re
-        loc_re.append(y_r)
-        loc_im.append(y_i)
-        cA_re.append(a_re)
-        cA_im.append(a_im)
-    # chunk ends: y_end_c = (A-product of chunk c) y_end_{c-1} + (local end of chunk c), scanned across chunks
-    acc_re, acc_im, end_re, end_im = _affine_prefix(cA_re[-1], cA_im[-1], loc_re[-1], loc_im[-1], dim=1)
-    yin_re = _shift_right(end_re, 1)  # y entering each chunk: (B, C, H, P)
-    yin_im = _shift_right(end_im, 1)
-    if initial is not None:  # plus the given state carried through all earlier chunks
-        y0r, y0i = initial[2].unsqueeze(1), initial[3].unsqueeze(1)
-        ar_, ai_ = (_shift(acc_re, 1, 1, 1.0).unsqueeze(-1), _shift(acc_im, 1, 1, 0.0).unsqueeze(-1))
-        yin_re = yin_re + ar_ * y0r - ai_ * y0i
-        yin_im = yin_im + ar_ * y0i + ai_ * y0r
-    yin_re, yin_im = yin_re.unsqueeze(2), yin_im.unsqueeze(2)  # (B, C, 1, H, P)
-    cr, ci = torch.stack(cA_re, 2).unsqueeze(-1), torch.stack(cA_im, 2).unsqueeze(-1)
-    y_re = torch.stack(loc_re, 2) + cr * yin_re - ci * yin_im
-    y_im = torch.stack(loc_im, 2) + cr * yin_im + ci * yin_re
-
-    g_re, g_im = g_re.reshape(B, C * L, H)[:, :N], g_im.reshape(B, C * L, H)[:, :N]
-    y_re, y_im = y_re.reshape(B, C * L, H, P)[:, :N], y_im.reshape(B, C * L, H, P)[:, :N]
-    return g_re, g_im, y_re, y_im
+        g0, y0 = (initial[0], initial[1]), (initial[2], initial[3])
+    return _GreenScan.apply(a, t, z_re, z_im, u_re, u_im, *g0, *y0, L)
