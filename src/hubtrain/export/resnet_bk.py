@@ -1,6 +1,6 @@
 """Exporting ResNet-BK: the scan as an ONNX ``Scan`` (dynamic length) and a decode step for PyTorch-free generation.
 
-The training-time ``green_scan`` is a two-level doubling scan whose depth depends on the number of chunks, so
+The training-time ``green_scan`` is an autograd Function whose chunked loops depend on the sequence length, so
 ``torch.export`` would either specialise it to the example length or unroll it. For export we run the *same*
 one-position update (``green_scan_step`` of the model's own module) under ``torch``'s ``scan`` operator, which
 the ONNX exporter turns into a single ``Scan`` node: one graph for every batch size and sequence length, with
