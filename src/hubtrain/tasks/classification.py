@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import create_backbone
+from ..backbones.timm_backbone import TimmBackbone
 from ..metrics import MetricConfig, MetricManager, default_classification_metrics
 from .base import BaseTask
 
@@ -31,6 +32,10 @@ class ImageClassifier(BaseTask):
         freeze_backbone: train the head only; the frozen backbone also stays in eval mode (fixed BN statistics).
         compile_model: ``torch.compile`` the forward pass. Off by default: on CPU it costs far more than it saves.
         compile_kwargs: passed to ``torch.compile`` (``{"mode": "max-autotune"}``, ``{"backend": "eager"}``).
+        channels_last: keep the backbone's weights and the images in channels-last memory order, which convolution
+            kernels (oneDNN on CPU, cuDNN with mixed precision) run faster: about 10% per training step for resnet18
+            on CPU here. Results are the same up to float rounding. ``None`` (default) turns it on for timm
+            backbones, which all support it (timm's ``train.py --channels-last``), and off for transformers models.
         class_names: names for the outputs, written to ``config.json`` (``id2label``) on ``save_pretrained``.
         pretrained: override the backbone's ``pretrained`` flag (``None`` keeps it; a bare name means ``True``).
     """
@@ -54,6 +59,7 @@ class ImageClassifier(BaseTask):
         freeze_backbone: bool = False,
         compile_model: bool = False,
         compile_kwargs: dict[str, Any] | None = None,
+        channels_last: bool | None = None,
         class_names: Sequence[str] | None = None,
         pretrained: bool | None = None,
     ) -> None:
@@ -86,6 +92,9 @@ class ImageClassifier(BaseTask):
         )
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+        self.channels_last = isinstance(self.backbone, TimmBackbone) if channels_last is None else bool(channels_last)
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         # A compiled function, not a compiled module: parameter names (and so checkpoints) stay the same.
         self._compiled = torch.compile(self._logits, **(compile_kwargs or {})) if compile_model else None
         self.save_hyperparameters()
@@ -96,6 +105,8 @@ class ImageClassifier(BaseTask):
         return ("val/accuracy", "max") if has_val_accuracy else ("val/loss", "min")
 
     def _logits(self, images: Tensor) -> Tensor:
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(images))
 
     def forward(self, images: Tensor) -> Tensor:
