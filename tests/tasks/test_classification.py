@@ -277,3 +277,36 @@ def test_compiled_forward_matches_and_keeps_parameter_names():
     plain.eval(), compiled.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), plain(x))
+
+
+def test_channels_last_is_on_for_timm_backbones_and_changes_only_the_memory_layout(tmp_path):
+    from transformers import ViTConfig
+
+    torch.manual_seed(0)
+    fast = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3)
+    plain = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3, channels_last=False)
+    plain.load_state_dict(fast.state_dict())
+    convs = [m.weight for m in fast.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert fast.channels_last and convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not plain.channels_last
+    assert all(m.weight.is_contiguous() for m in plain.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    # the same function of the same weights: equal up to float rounding, and gradients too
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 0])
+    fast.train(), plain.train()
+    losses = [torch.nn.functional.cross_entropy(m(x), y) for m in (fast, plain)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(fast.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    # safetensors needs contiguous tensors: the round trip still restores identical outputs
+    fast.eval()
+    fast.save_pretrained(tmp_path / "cl")
+    loaded = ImageClassifier.from_pretrained(tmp_path / "cl").eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), fast(x))
+    # transformers models keep PyTorch's default layout unless asked
+    vit = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=64)
+    assert not ImageClassifier(vit, num_classes=3).channels_last
