@@ -170,7 +170,7 @@ def run_hubtrain(source: str, loader_or_root: Any, warmup: int, batch_size: int,
 
 
 AUTOTIMM_RUNNER = r'''
-import json, sys, time, torch, tempfile
+import json, statistics, sys, time, torch, tempfile
 args = json.loads(sys.argv[1])
 import autotimm
 from autotimm import ImageClassifier, AutoTrainer, ImageDataModule
@@ -211,9 +211,7 @@ with tempfile.TemporaryDirectory() as tmp:
     trainer = AutoTrainer(callbacks=[stamps], default_root_dir=tmp, **kw)
     trainer.fit(model, **fit_data)
 s, w, b = stamps.stamps, args["warmup"], args["batch_size"]
-steps = sorted(t1 - t0 for t0, t1 in zip(s[w:], s[w + 1:]))
-n = len(steps)
-median = steps[n // 2] if n % 2 else (steps[n // 2 - 1] + steps[n // 2]) / 2
+median = statistics.median(t1 - t0 for t0, t1 in zip(s[w:], s[w + 1:]))
 print("RESULT", json.dumps({"rate": (len(s) - 1 - w) * b / (s[-1] - s[w]), "step_rate": b / median,
                             "version": getattr(autotimm, "__version__", "?")}))
 '''

@@ -19,14 +19,6 @@ def quickstart_lm(argv: list[str]) -> int:
     return run(parser.parse_args(argv))
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_quickstart_lm_fast_end_to_end(tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.setenv("HUBTRAIN_CACHE", str(tmp_path / "cache"))  # the BPE is trained and cached here, not in ~
     out = tmp_path / "lm"

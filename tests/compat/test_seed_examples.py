@@ -29,6 +29,9 @@ CPU_ONLY = not torch.cuda.is_available()
 TINY_VIT = "hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8"
 VIT_BASE_CONFIG = re.compile(r"ViTConfig\(\s*hidden_size=768,\s*num_hidden_layers=12,[^)]*\)")
 IMPORT_TORCH = ("", "import torch  # the seed's snippet uses torch.nn without importing torch\n")
+# the seed's hand-written ViT classifiers (blocks 1 and 4), shrunk to the tiny ViT
+TINY_VIT_CLASSIFIER = [IMPORT_TORCH, (VIT_BASE_CONFIG, f"ViTConfig({TINY_VIT})"),
+                       ("torch.nn.Linear(768, num_classes)", "torch.nn.Linear(32, num_classes)")]
 FP16_ON_CPU = ('precision="16-mixed"', 'precision="bf16-mixed"' if CPU_ONLY else 'precision="16-mixed"')
 
 
@@ -150,7 +153,7 @@ def test_block_0_hf_hub_timm(doc):
 
 
 def test_block_1_hf_direct_class(doc):
-    ns = doc(1, [IMPORT_TORCH, (VIT_BASE_CONFIG, f"ViTConfig({TINY_VIT})"), ("torch.nn.Linear(768, num_classes)", "torch.nn.Linear(32, num_classes)")])
+    ns = doc(1, TINY_VIT_CLASSIFIER)
     model = ns["ViTClassifier"](num_classes=10)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
@@ -177,7 +180,7 @@ def test_block_3_classification_and_segmentation(doc):
 
 
 def test_block_4_custom_vit_classifier(doc):
-    ns = doc(4, [IMPORT_TORCH, (VIT_BASE_CONFIG, f"ViTConfig({TINY_VIT})"), ("torch.nn.Linear(768, num_classes)", "torch.nn.Linear(32, num_classes)")])
+    ns = doc(4, TINY_VIT_CLASSIFIER)
     model = ns["CustomViTClassifier"](num_classes=10)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 

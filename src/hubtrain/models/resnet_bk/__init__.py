@@ -2,7 +2,7 @@
 
 Public API (the mathematics is fixed in docs/design/resnet_bk.md):
 
-- ``green_scan(a, hop, z_re, z_im, u_re, u_im=None, chunk_size=32, *, initial=None, hop_in=None)``
+- ``green_scan(a, hop, z_re, z_im, u_re, u_im=None, chunk_size=None, *, initial=None, hop_in=None)``
   -> ``(g_re, g_im, y_re, y_im)``: the fast chunked scan; ``green_scan_reference`` (same arguments, sequential)
   and ``green_scan_step(a, hop_prev, z_re, z_im, u_re, u_im=None, state=None)`` (one token, for decoding).
 - ``ResNetBKConfig``, ``ResNetBKModel``, ``ResNetBKForCausalLM`` (transformers ``PreTrainedModel`` +
