@@ -140,6 +140,8 @@ def worker_decode(args) -> dict:
     """
     import torch
 
+    from hubtrain.compat import cache_kwarg, output_cache
+
     contexts = [int(c) for c in args.contexts.split(",")]
     torch.manual_seed(0)
     model = build_model(args.model, width=args.width, layers=args.layers, vocab=args.vocab,
@@ -153,13 +155,13 @@ def worker_decode(args) -> dict:
             t0 = time.perf_counter()
             out = model(input_ids=ids, use_cache=True)
             prefill[c] = time.perf_counter() - t0
-            state[c] = (out.past_key_values, out.logits[:, -1:].argmax(-1))
+            state[c] = (output_cache(out), out.logits[:, -1:].argmax(-1))
         for _ in range(args.decode_steps):
             for c in contexts:
                 past, token = state[c]
                 t0 = time.perf_counter()
-                out = model(input_ids=token, past_key_values=past, use_cache=True)
-                state[c] = (out.past_key_values, out.logits[:, -1:].argmax(-1))
+                out = model(input_ids=token, use_cache=True, **{cache_kwarg(): past})
+                state[c] = (output_cache(out), out.logits[:, -1:].argmax(-1))
                 times[c].append(time.perf_counter() - t0)
     result = {}
     for c in contexts:

@@ -22,7 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import sys
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # `from checks import ...`: the check functions tests share
 
 # Set before anything imports huggingface_hub (it reads these once, at import): no test may reach the real Hub.
 _SESSION_HF_HOME = Path(os.environ.get("PYTEST_HF_HOME", "")) if os.environ.get("PYTEST_HF_HOME") else None

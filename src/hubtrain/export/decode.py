@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hubtrain.compat import output_cache
 from hubtrain.export._spec import CAUSAL_LM_TOLERANCE, ExportError, ExportVerificationError, is_resnet_bk
 from hubtrain.export.onnx_export import _one_line, ort_session, staged_output
 from hubtrain.export.resnet_bk import exportable_green_scan
@@ -39,7 +40,7 @@ def state_layout(model: nn.Module) -> list[tuple[int, str, tuple[int, ...]]]:
     """(layer, key, shape without batch) of every recurrent state tensor, read from one real decoding step."""
     with torch.no_grad():
         out = model(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True, return_dict=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     layout = []
     for layer, state in enumerate(cache.layers):
         for key in sorted(state):
@@ -71,8 +72,8 @@ class ResNetBKDecodeStep(nn.Module):
             layers[layer][key] = value
         cache.layers = layers
         cache.positions, cache.last_mask, cache.seen_tokens = positions, last_mask, 1
-        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, return_dict=True)
-        new = out.past_key_values
+        out = self.model(input_ids=input_ids, cache=cache, use_cache=True, return_dict=True)
+        new = output_cache(out)
         return (out.logits[:, -1], new.positions, new.last_mask, *[new.layers[layer][key] for layer, key, _ in self.layout])
 
 
@@ -127,7 +128,7 @@ def _verify_decode(lm: nn.Module, step: ResNetBKDecodeStep, onnx_path: Path, sho
     nxt = torch.randint(0, vocab, (3, 1), generator=gen)
     with torch.no_grad():
         out = lm(input_ids=prefix, use_cache=True, return_dict=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         states = [cache.layers[layer][key] for layer, key, _ in step.layout]
         feeds = (nxt, cache.positions, cache.last_mask, *states)
         expected = step(*feeds)

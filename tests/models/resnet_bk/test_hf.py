@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import hubtrain.models.resnet_bk  # noqa: F401  (registers with the Auto classes)
+from checks import assert_context_dependent, assert_generates_like_reference, greedy_reference
+from hubtrain.compat import output_cache
 from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM, ResNetBKModel
 from hubtrain.models.resnet_bk.modeling_resnet_bk import ResNetBKCache
 
@@ -28,6 +30,14 @@ ALL_OPTIONS = dict(
 def tiny_model(seed=0, **options) -> ResNetBKForCausalLM:
     torch.manual_seed(seed)
     return ResNetBKForCausalLM(ResNetBKConfig(**{**TINY, **options})).eval()
+
+
+def context_model(**options) -> ResNetBKForCausalLM:
+    """A tiny model whose greedy continuation depends on its context (checked): a wider init than the default,
+    whose random model predicts from the last token alone."""
+    model = tiny_model(initializer_range=0.2, **options)
+    assert_context_dependent(model, TINY["vocab_size"])
+    return model
 
 
 @pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["default", "all-options"])
@@ -80,17 +90,73 @@ def test_resize_token_embeddings_keeps_the_tie():
     assert model(torch.tensor([[79, 3, 5]])).logits.shape == (1, 3, 80)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["default", "all-options"])
+def test_activation_checkpointing_recomputes_each_block_with_the_same_loss_and_gradients(options):
     ids = torch.randint(0, 64, (2, 20))
-    grads = []
+    results = []
     for checkpointing in (False, True):
-        model = tiny_model(seed=1).train()
+        model = tiny_model(seed=1, **options).train()
         if checkpointing:
             model.activation_checkpointing_enable()  # transformers 5 name of gradient_checkpointing_enable
-            assert model.model.gradient_checkpointing
-        model(ids, labels=ids).loss.backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+            assert all(block.gradient_checkpointing for block in model.model.layers)  # transformers' own layer flag
+        calls = []
+        hooks = [block.mixer.register_forward_hook(lambda *_: calls.append(1)) for block in model.model.layers]
+        loss = model(ids, labels=ids).loss
+        forward_calls = len(calls)
+        loss.backward()
+        for h in hooks:
+            h.remove()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((loss.detach(), grads, forward_calls, len(calls)))
+    (loss0, grads0, fwd0, total0), (loss1, grads1, fwd1, total1) = results
+    n = len(model.model.layers)
+    assert (fwd0, total0) == (n, n)  # plain training: each block once
+    assert (fwd1, total1) == (n, 2 * n)  # checkpointed: each block again in the backward pass
+    assert torch.allclose(loss0, loss1, atol=1e-6, rtol=0)
+    assert grads0.shape == grads1.shape and torch.allclose(grads0, grads1, atol=1e-6, rtol=0)
+
+
+def test_shift_labels_and_num_items_in_batch_reach_transformers_loss():
+    """Pre-shifted targets (sequence / context parallelism) are used as they are, and num_items_in_batch turns the
+    mean into a sum over that count, as transformers' ForCausalLM loss defines."""
+    model = tiny_model()
+    ids = torch.randint(0, 64, (2, 12))
+    targets = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        logits = model(ids).logits
+        shifted = model(ids, shift_labels=targets)
+        plain = model(ids, labels=targets)
+        summed = model(ids, labels=targets, num_items_in_batch=torch.tensor(5))
+    expected_shifted = F.cross_entropy(logits.reshape(-1, 64), targets.reshape(-1))
+    expected_plain = F.cross_entropy(logits[:, :-1].reshape(-1, 64), targets[:, 1:].reshape(-1))
+    assert torch.allclose(shifted.lm_loss, expected_shifted, atol=1e-6)
+    assert torch.allclose(plain.lm_loss, expected_plain, atol=1e-6)
+    assert not torch.allclose(shifted.lm_loss, plain.lm_loss)  # the two definitions differ on this input
+    expected_summed = F.cross_entropy(logits[:, :-1].reshape(-1, 64), targets[:, 1:].reshape(-1), reduction="sum") / 5
+    assert torch.allclose(summed.lm_loss, expected_summed, atol=1e-5)
+
+
+def test_cache_is_taken_under_either_name_and_foreign_names_are_errors():
+    model = tiny_model()
+    ids = torch.randint(0, 64, (1, 6))
+    more = torch.randint(0, 64, (1, 3))
+    with torch.no_grad():
+        whole = model(torch.cat([ids, more], 1)).logits[:, -3:]
+        for name in ("cache", "past_key_values"):
+            cache = output_cache(model(ids, use_cache=True))
+            assert isinstance(cache, ResNetBKCache)
+            assert (model(more, **{name: cache}).logits - whole).abs().max() < 1e-5, name
+        cache = output_cache(model(ids, use_cache=True))
+        with pytest.raises(ValueError, match="cache_params"):
+            model(more, cache_params=cache)
+        with pytest.raises(ValueError, match="both `cache` and `past_key_values`"):
+            model(more, cache=cache, past_key_values=output_cache(model(ids, use_cache=True)))
+        from transformers import DynamicCache
+
+        with pytest.raises(ValueError, match="must be a ResNetBKCache"):
+            model(more, cache=DynamicCache())
+        out = model(ids, use_cache=True)
+    assert out.cache is output_cache(out)  # `out.cache` on every transformers 5.x, before and after the rename
 
 
 def test_save_pretrained_and_auto_classes_restore_identical_outputs(tmp_path):
@@ -170,8 +236,10 @@ def test_remote_code_loads_without_hubtrain(tmp_path):
 
 @pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["default", "all-options"])
 def test_generate_with_cache_equals_generation_without_cache(options):
-    model = tiny_model(**options)
-    ids = torch.randint(0, 64, (2, 7))
+    model = context_model(**options)
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(2))
+    # greedy: against an independent loop that reruns the whole sequence for every token
+    assert_generates_like_reference(model.generate(ids, max_new_tokens=12, do_sample=False), greedy_reference(model, ids, 12), 7)
     for kwargs in (dict(do_sample=False), dict(num_beams=3, do_sample=False), dict(do_sample=True, top_k=20)):
         torch.manual_seed(5)
         cached = model.generate(ids, max_new_tokens=6, **kwargs)
@@ -183,8 +251,8 @@ def test_generate_with_cache_equals_generation_without_cache(options):
 
 @pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["default", "all-options"])
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(options):
-    model = tiny_model(pad_token_id=0, **options)
-    prompts = [torch.randint(1, 64, (n,)) for n in (3, 8, 5)]
+    model = context_model(pad_token_id=0, **options)
+    prompts = [torch.randint(1, 64, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 8, 5)]
     width = max(len(p) for p in prompts)
     batch = torch.zeros(3, width, dtype=torch.long)
     mask = torch.zeros(3, width, dtype=torch.long)
@@ -193,6 +261,7 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(options):
         mask[row, width - len(p) :] = 1
         batch[row, : width - len(p)] = 7 + row  # arbitrary pad ids: only the mask may matter
     together = model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    assert_generates_like_reference(together, greedy_reference(model, batch, 6, attention_mask=mask), width)
     with torch.no_grad():
         logits = model(batch, attention_mask=mask).logits
     for row, p in enumerate(prompts):
@@ -209,13 +278,13 @@ def test_cache_state_is_constant_size_and_continues_the_sequence():
         ids = torch.randint(0, 64, (1, n))
         with torch.no_grad():
             out = model(ids, use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         assert isinstance(cache, ResNetBKCache) and cache.get_seq_length() == n
         sizes.append(sum(t.numel() for st in cache.layers for t in st.values()))
         # feeding more tokens through the cache == running the whole sequence at once
         more = torch.randint(0, 64, (1, 5))
         with torch.no_grad():
-            cont = model(more, past_key_values=cache).logits
+            cont = model(more, cache=cache).logits
             whole = model(torch.cat([ids, more], 1)).logits[:, -5:]
         assert (cont - whole).abs().max() < 1e-5
     assert sizes[0] == sizes[1]

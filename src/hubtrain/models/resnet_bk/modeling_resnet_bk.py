@@ -10,6 +10,7 @@ Python without hubtrain.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_resnet_bk import ResNetBKConfig
@@ -135,6 +137,33 @@ class ResNetBKCache:
 
     def crop(self, max_length: int) -> None:
         raise ValueError("ResNetBKCache holds a recurrent state and cannot be cropped; regenerate from the prefix")
+
+
+# transformers 5.24 renamed the cache argument of every model's forward and the cache field of every output from
+# `past_key_values` to `cache` (`generate` passes and reads back `cache`); earlier 5.x releases use
+# `past_key_values`.  The model accepts both names and returns its state under the field the installed
+# transformers declares, so `generate` finds it on either side of the rename.
+CACHE_OUTPUT_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
+# names other models use for their state: a ResNet-BK state passed under one of them would otherwise be ignored
+_FOREIGN_CACHE_NAMES = ("cache_params", "past_key_value", "layer_past", "state", "mems", "past_buckets_states")
+
+
+def take_cache(cache: Any, past_key_values: Any, kwargs: dict[str, Any]) -> Optional[ResNetBKCache]:
+    """The recurrent state passed to a forward, under either name; anything it cannot use is an error."""
+    foreign = [name for name in _FOREIGN_CACHE_NAMES if kwargs.get(name) is not None]
+    if foreign:
+        raise ValueError(
+            f"ResNet-BK got its state as `{foreign[0]}`, which it does not read; pass the ResNetBKCache as `cache` "
+            "(or `past_key_values` on transformers < 5.24)"
+        )
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("ResNet-BK got both `cache` and `past_key_values`; pass the ResNetBKCache once, as `cache`")
+    cache = cache if cache is not None else past_key_values
+    if cache is not None and not isinstance(cache, ResNetBKCache):
+        raise ValueError(
+            f"ResNet-BK's cache must be a ResNetBKCache (the recurrent state it returned), got {type(cache).__name__}"
+        )
+    return cache
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -346,11 +375,16 @@ class ResNetBKHalting(nn.Linear):
         return torch.sigmoid(super().forward(h)).squeeze(-1)
 
 
-class ResNetBKBlock(nn.Module):
-    """Pre-norm residual block: Green's-function mixer, then mixture-of-experts feed-forward."""
+class ResNetBKBlock(GradientCheckpointingLayer):
+    """Pre-norm residual block: Green's-function mixer, then mixture-of-experts feed-forward.
+
+    A `GradientCheckpointingLayer`, so `gradient_checkpointing_enable()` recomputes it in the backward pass the
+    transformers way (tensors positional, the cache as a keyword that checkpointing never carries).
+    """
 
     def __init__(self, config: ResNetBKConfig, layer_idx: int):
         super().__init__()
+        self.layer_idx = layer_idx
         self.norm1 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mixer = ResNetBKGreenMixer(config, layer_idx)
         self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
@@ -359,13 +393,19 @@ class ResNetBKBlock(nn.Module):
         if config.use_act:
             self.halt = ResNetBKHalting(config.d_model)
 
-    def forward(self, h, mask, mask_prev, positions, state=None, return_state=False):
-        m, phase, new_state = self.mixer(self.norm1(h), mask, mask_prev, positions, state, return_state)
-        h = h + self._drop(m)
+    def forward(
+        self, hidden_states: Tensor, mask: Tensor, mask_prev: Tensor, positions: Tensor, cache: Optional[ResNetBKCache] = None
+    ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        """Returns (hidden states, MoE balance loss, halting probability or None); updates this layer's cache."""
+        state = cache.layers[self.layer_idx] if cache is not None else None
+        m, phase, new_state = self.mixer(self.norm1(hidden_states), mask, mask_prev, positions, state, cache is not None)
+        if cache is not None:
+            cache.layers[self.layer_idx] = new_state
+        h = hidden_states + self._drop(m)
         f, aux = self.moe(self.norm2(h), phase, mask)
         h = h + self._drop(f)
         halt_p = self.halt(h) if hasattr(self, "halt") else None
-        return h, new_state, aux, halt_p
+        return h, aux, halt_p
 
     def _drop(self, x: Tensor) -> Tensor:
         return self.drop(x) if self.drop.p > 0 else x  # p = 0 (the default) keeps dropout out of the graph
@@ -394,13 +434,18 @@ class ResNetBKCausalLMOutput(CausalLMOutputWithPast):
     act_mean_layers: Optional[torch.FloatTensor] = None
 
 
+if CACHE_OUTPUT_FIELD != "cache":  # transformers < 5.24: `out.cache` reads the state under its older name too
+    for _output_class in (ResNetBKModelOutput, ResNetBKCausalLMOutput):
+        _output_class.cache = property(lambda self: self.past_key_values)
+
+
 class ResNetBKPreTrainedModel(PreTrainedModel):
     config_class = ResNetBKConfig
     config: ResNetBKConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ResNetBKBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _is_stateful = True  # a recurrent state cannot be rolled back (no assisted generation)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -431,6 +476,38 @@ class ResNetBKPreTrainedModel(PreTrainedModel):
             init.constant_(module.bias, -2.0)  # halting probability starts small: tokens use several layers
 
 
+class _AdaptiveHalting:
+    """Adaptive computation time across layers (Graves 2016), for a (B, N) grid of tokens.
+
+    A token is updated by each block until its cumulative halting probability reaches 1 - threshold (the last
+    block halts every token still running); the ponder cost is layers used plus the remainder.
+    """
+
+    def __init__(self, h: Tensor, threshold: float, num_layers: int):
+        B, N = h.shape[:2]
+        self.threshold, self.num_layers = threshold, num_layers
+        self.running = torch.ones(B, N, dtype=torch.bool, device=h.device)
+        self.cum = h.new_zeros(B, N)
+        self.layers_used = h.new_zeros(B, N)
+        self.remainder = h.new_ones(B, N)
+
+    def update(self, i: int, h: Tensor, new_h: Tensor, halt_p: Tensor) -> Tensor:
+        run_f = self.running.to(h.dtype)
+        h = torch.where(self.running.unsqueeze(-1), new_h, h)
+        self.layers_used = self.layers_used + run_f
+        new_cum = self.cum + halt_p * run_f
+        halts = self.running if i == self.num_layers - 1 else self.running & (new_cum >= 1.0 - self.threshold)
+        self.remainder = torch.where(halts, 1.0 - self.cum, self.remainder)
+        self.cum = torch.where(halts, self.cum, new_cum)
+        self.running = self.running & ~halts
+        return h
+
+    def statistics(self, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(ponder cost, mean number of layers used) over the real tokens."""
+        n_real = mask.sum().clamp_min(1.0)
+        return ((self.layers_used + self.remainder) * mask).sum() / n_real, (self.layers_used * mask).sum() / n_real
+
+
 class ResNetBKModel(ResNetBKPreTrainedModel):
     def __init__(self, config: ResNetBKConfig):
         super().__init__(config)
@@ -452,38 +529,76 @@ class ResNetBKModel(ResNetBKPreTrainedModel):
         input_ids: Optional[torch.LongTensor] = None,
         attention_mask: Optional[Tensor] = None,
         position_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Optional[ResNetBKCache] = None,
+        cache: Optional[ResNetBKCache] = None,
         inputs_embeds: Optional[Tensor] = None,
         use_cache: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        past_key_values: Optional[ResNetBKCache] = None,
         **kwargs: Any,
     ) -> ResNetBKModelOutput | tuple:
-        """Runs the blocks on the new tokens, continuing from `past_key_values` when given.
+        """Runs the blocks on the new tokens, continuing from `cache` when given.
 
-        attention_mask: (B, past + N) or (B, N), 1 for real tokens; padding contributes nothing and cuts the
-        coupling, so left padding changes no output of the real tokens.  position_ids (0-based, as `generate`
-        makes them) place the prime-bump potential; by default positions count the real tokens.
+        cache: the `ResNetBKCache` a previous call returned (`past_key_values` is the name transformers < 5.24
+        uses for it; both are accepted).  attention_mask: (B, past + N) or (B, N), 1 for real tokens; padding
+        contributes nothing and cuts the coupling, so left padding changes no output of the real tokens.
+        position_ids (0-based, as `generate` makes them) place the prime-bump potential; by default positions
+        count the real tokens.
         """
         c = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
         return_dict = return_dict if return_dict is not None else c.return_dict
         use_cache = use_cache if use_cache is not None else (c.use_cache and not self.training)
+        cache = take_cache(cache, past_key_values, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("ResNetBKModel: pass exactly one of input_ids or inputs_embeds")
         if self.gradient_checkpointing and self.training and use_cache:
             use_cache = False  # checkpointed blocks recompute; a cache is for generation
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        B, N, _ = h.shape
-        if past_key_values is not None and not isinstance(past_key_values, ResNetBKCache):
-            raise ValueError(
-                f"ResNetBKModel: past_key_values must be a ResNetBKCache, got {type(past_key_values).__name__}"
-            )
-        cache = past_key_values
         if cache is None and use_cache:
             cache = ResNetBKCache(c.n_layers)
-        past = cache.seen_tokens if cache is not None else 0
+        mask, mask_prev, positions = self._token_masks(h, attention_mask, position_ids, cache)
 
+        h = self.drop(h)
+        all_hidden = (h,) if output_hidden_states else None
+        aux_total = h.new_zeros(())
+        halting = _AdaptiveHalting(h, c.act_halt_threshold, len(self.layers)) if c.use_act else None
+        for i, block in enumerate(self.layers):
+            new_h, aux, halt_p = block(h, mask, mask_prev, positions, cache=cache)
+            aux_total = aux_total + aux
+            h = halting.update(i, h, new_h, halt_p) if halting is not None else new_h
+            if output_hidden_states and i < len(self.layers) - 1:
+                all_hidden = all_hidden + (h,)
+        h = self.norm(h)
+        if output_hidden_states:
+            all_hidden = all_hidden + (h,)
+        if cache is not None:
+            cache.positions = mask.sum(1).long() + (cache.positions if cache.positions is not None else 0)
+            cache.last_mask = mask[:, -1]
+            cache.seen_tokens += h.shape[1]
+
+        ponder, mean_layers = halting.statistics(mask) if halting is not None else (None, None)
+        out = ResNetBKModelOutput(
+            last_hidden_state=h,
+            hidden_states=all_hidden,
+            aux_loss=aux_total / len(self.layers),
+            ponder_cost=ponder,
+            act_mean_layers=mean_layers,
+            **{CACHE_OUTPUT_FIELD: cache if use_cache else None},
+        )
+        return out if return_dict else out.to_tuple()
+
+    @staticmethod
+    def _token_masks(
+        h: Tensor, attention_mask: Optional[Tensor], position_ids: Optional[Tensor], cache: Optional[ResNetBKCache]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(mask, mask of the previous position, 1-based positions) of the N new tokens, each (B, N).
+
+        The previous position of the first new token is the cache's last one (none without a cache: position 0
+        couples to nothing); positions continue the cache's count of real tokens unless `position_ids` are given.
+        """
+        B, N = h.shape[:2]
+        past = cache.seen_tokens if cache is not None else 0
         if attention_mask is None:
             mask = h.new_ones(B, N)
         elif attention_mask.dim() != 2 or attention_mask.shape[1] not in (N, past + N):
@@ -493,76 +608,15 @@ class ResNetBKModel(ResNetBKPreTrainedModel):
             )
         else:
             mask = attention_mask[:, -N:].to(h.dtype)
-        first_prev = cache.last_mask if cache is not None and cache.last_mask is not None else mask.new_zeros(B)
-        mask_prev = torch.cat([first_prev.view(B, 1).to(mask.dtype), mask[:, :-1]], dim=1)
-        seen = cache.positions if cache is not None and cache.positions is not None else None
+        last = cache.last_mask if cache is not None and cache.last_mask is not None else mask.new_zeros(B)
+        mask_prev = torch.cat([last.view(B, 1).to(mask.dtype), mask[:, :-1]], dim=1)
         if position_ids is not None:
             positions = position_ids.expand(B, N).long() + 1
         else:
             positions = torch.cumsum(mask, 1).long()
-            if seen is not None:
-                positions = positions + seen.view(B, 1)
-
-        h = self.drop(h)
-        all_hidden = (h,) if output_hidden_states else None
-        aux_total = h.new_zeros(())
-        act = c.use_act
-        if act:
-            running = torch.ones(B, N, dtype=torch.bool, device=h.device)
-            cum = h.new_zeros(B, N)
-            layers_used = h.new_zeros(B, N)
-            remainder = h.new_ones(B, N)
-        for i, block in enumerate(self.layers):
-            state = cache.layers[i] if cache is not None else None
-            if self.gradient_checkpointing and self.training:
-                new_h, new_state, aux, halt_p = self._gradient_checkpointing_func(
-                    block.__call__, h, mask, mask_prev, positions, None, False
-                )
-            else:
-                new_h, new_state, aux, halt_p = block(h, mask, mask_prev, positions, state, cache is not None)
-            if cache is not None:
-                cache.layers[i] = new_state
-            aux_total = aux_total + aux
-            if act:
-                # Graves (2016): a token is updated until its cumulative halting probability reaches 1 - threshold
-                run_f = running.to(h.dtype)
-                h = torch.where(running.unsqueeze(-1), new_h, h)
-                layers_used = layers_used + run_f
-                new_cum = cum + halt_p * run_f
-                halts = running & (new_cum >= 1.0 - c.act_halt_threshold)
-                if i == len(self.layers) - 1:
-                    halts = running
-                remainder = torch.where(halts, 1.0 - cum, remainder)
-                cum = torch.where(halts, cum, new_cum)
-                running = running & ~halts
-            else:
-                h = new_h
-            if output_hidden_states and i < len(self.layers) - 1:
-                all_hidden = all_hidden + (h,)
-        h = self.norm(h)
-        if output_hidden_states:
-            all_hidden = all_hidden + (h,)
-
-        if cache is not None:
-            cache.positions = mask.sum(1).long() + (seen if seen is not None else 0)
-            cache.last_mask = mask[:, -1]
-            cache.seen_tokens += N
-
-        ponder = mean_layers = None
-        if act:
-            n_real = mask.sum().clamp_min(1.0)
-            ponder = ((layers_used + remainder) * mask).sum() / n_real
-            mean_layers = (layers_used * mask).sum() / n_real
-        aux_loss = aux_total / len(self.layers)
-        out = ResNetBKModelOutput(
-            last_hidden_state=h,
-            past_key_values=cache if use_cache else None,
-            hidden_states=all_hidden,
-            aux_loss=aux_loss,
-            ponder_cost=ponder,
-            act_mean_layers=mean_layers,
-        )
-        return out if return_dict else out.to_tuple()
+            if cache is not None and cache.positions is not None:
+                positions = positions + cache.positions.view(B, 1)
+        return mask, mask_prev, positions
 
 
 class ResNetBKForCausalLM(ResNetBKPreTrainedModel, GenerationMixin):
@@ -592,24 +646,27 @@ class ResNetBKForCausalLM(ResNetBKPreTrainedModel, GenerationMixin):
         input_ids: Optional[torch.LongTensor] = None,
         attention_mask: Optional[Tensor] = None,
         position_ids: Optional[torch.LongTensor] = None,
-        past_key_values: Optional[ResNetBKCache] = None,
+        cache: Optional[ResNetBKCache] = None,
         inputs_embeds: Optional[Tensor] = None,
         labels: Optional[torch.LongTensor] = None,
         use_cache: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         logits_to_keep: int = 0,
+        past_key_values: Optional[ResNetBKCache] = None,
         **kwargs: Any,
     ) -> ResNetBKCausalLMOutput | tuple:
-        """Causal LM forward.  With `labels` (-100 = ignored) the loss is the next-token cross-entropy plus the
-        weighted router balance loss and ponder cost (the cross-entropy alone is `lm_loss`)."""
+        """Causal LM forward.  With `labels` (-100 = ignored) the loss is transformers' causal-LM loss (labels
+        shifted inside; `shift_labels` and `num_items_in_batch` honoured) plus the weighted router balance loss
+        and ponder cost; the cross-entropy alone is `lm_loss`.  `cache` / `past_key_values`: see `ResNetBKModel`."""
         c = self.config
         return_dict = return_dict if return_dict is not None else c.return_dict
+        cache = take_cache(cache, past_key_values, kwargs)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -618,8 +675,8 @@ class ResNetBKForCausalLM(ResNetBKPreTrainedModel, GenerationMixin):
         h = out.last_hidden_state
         logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = lm_loss = None
-        if labels is not None:
-            lm_loss = self.loss_function(logits, labels, c.vocab_size, num_items_in_batch=kwargs.get("num_items_in_batch"))
+        if labels is not None or kwargs.get("shift_labels") is not None:
+            lm_loss = self.loss_function(logits=logits, labels=labels, vocab_size=c.vocab_size, **kwargs)
             loss = lm_loss
             if not c.use_scattering_router:
                 loss = loss + c.router_aux_loss_coef * out.aux_loss
@@ -628,17 +685,18 @@ class ResNetBKForCausalLM(ResNetBKPreTrainedModel, GenerationMixin):
         result = ResNetBKCausalLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=out.past_key_values,
             hidden_states=out.hidden_states,
             lm_loss=lm_loss,
             aux_loss=out.aux_loss,
             ponder_cost=out.ponder_cost,
             act_mean_layers=out.act_mean_layers,
+            **{CACHE_OUTPUT_FIELD: getattr(out, CACHE_OUTPUT_FIELD)},
         )
         return result if return_dict else result.to_tuple()
 
 
 __all__ = [
+    "CACHE_OUTPUT_FIELD",
     "ResNetBKCache",
     "ResNetBKForCausalLM",
     "ResNetBKModel",
