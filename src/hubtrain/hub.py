@@ -553,11 +553,12 @@ def load_checkpoint_model(model_path: str | os.PathLike, model_size: str | None 
     hparams = raw.get("hyper_parameters") if isinstance(raw.get("hyper_parameters"), dict) else {}
     task = task or hparams.get("hubtrain_task")
     if task:
-        import hubtrain
+        from hubtrain.tasks import task_class
 
-        cls = getattr(hubtrain, task, None)
-        if cls is None or not hasattr(cls, "load_from_checkpoint"):
-            raise ValueError(f"unknown hubtrain task {task!r} for {path}; use e.g. ImageClassifier or CausalLMTask")
+        try:
+            cls = task_class(task)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         model = cls(**{k: v for k, v in hparams.items() if k != "hubtrain_task"})
         model.load_state_dict(_state_dict_of(raw, path))
         return model.eval()

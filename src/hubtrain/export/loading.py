@@ -35,8 +35,6 @@ def load_model(path: str | os.PathLike, *, model_size: str | None = None, task: 
         else:
             from hubtrain.tasks.base import BaseTask
 
-            import hubtrain.tasks  # noqa: F401  registers every task class
-
             return BaseTask.from_pretrained(path)
     if "model_type" in config:
         import hubtrain.models.resnet_bk  # noqa: F401  registers ResNet-BK with the Auto classes

@@ -15,14 +15,14 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from hubtrain.export._spec import ExportError, ExportSpec, ExportVerificationError, build_spec, is_resnet_bk
+from hubtrain.export._spec import ExportError, ExportSpec, ExportVerificationError, allowed_error, build_spec, is_resnet_bk
 from hubtrain.export.resnet_bk import exportable_green_scan
 
 log = logging.getLogger(__name__)
@@ -33,19 +33,34 @@ _TWO_GB = 2 * 1024**3
 
 @dataclass
 class VerificationResult:
-    """How far the exported model is from PyTorch, over every verification input."""
+    """How far an export is from PyTorch, over every verification input.
+
+    ``tolerance`` is relative to the outputs' scale (``max |PyTorch output|``, at least 1): the export passes when
+    ``max_abs_error <= tolerance * max(1, scale)`` and, where checked, every argmax agrees.
+    """
 
     max_abs_error: float
     tolerance: float
     shapes: list[list[list[int]]]
     argmax_match: bool | None = None
+    scale: float = 1.0
+
+    @property
+    def allowed_error(self) -> float:
+        return allowed_error(self.tolerance, self.scale)
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_error <= self.tolerance and self.argmax_match is not False
+        return self.max_abs_error <= self.allowed_error and self.argmax_match is not False
+
+    def failure(self, shown: Any) -> str:
+        """One line that says why verification of ``shown`` failed."""
+        why = "argmax differs" if self.argmax_match is False and self.max_abs_error <= self.allowed_error else "max abs error"
+        return (f"verification of {shown} failed: {why} {self.max_abs_error:.3e} vs allowed {self.allowed_error:.1e} "
+                f"(tolerance {self.tolerance:.1e} x output scale {max(1.0, self.scale):.3g}) at input shapes {self.shapes}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"ok": self.ok}
+        return asdict(self) | {"allowed_error": self.allowed_error, "ok": self.ok}
 
 
 def _require_onnx() -> None:
@@ -94,32 +109,49 @@ def export_spec_to_onnx(
     verify: bool = True,
     tolerance: float | None = None,
     verify_inputs: Sequence[tuple[torch.Tensor, ...]] | None = None,
-) -> tuple[Path, VerificationResult | None]:
-    """Export an :class:`ExportSpec`; the public :func:`export_to_onnx` builds the spec from a model."""
-    _require_onnx()
-    import onnx
+) -> tuple[Path, VerificationResult | None, ExportSpec]:
+    """Export an :class:`ExportSpec`; the public :func:`export_to_onnx` builds the spec from a model.
 
+    Returns the path, the verification result and the spec as exported: a model whose eager form runs at other
+    image sizes but whose export fixes them falls back to a fixed image size (logged), and the returned spec says so.
+    """
+    _require_onnx()
     path = Path(path)
-    dynamic_shapes = spec.dynamic_shapes(dynamic_axes)
     large = _param_bytes(spec.module) > _TWO_GB * 0.9
     result = None
     with staged_output(path) as tmp:
         try:
-            with torch.no_grad(), warnings.catch_warnings(), exportable_green_scan():
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(
-                    spec.module, spec.example_inputs, dynamo=True, dynamic_shapes=dynamic_shapes,
-                    input_names=spec.input_names, output_names=spec.output_names, opset_version=opset,
-                    optimize=True, verbose=False, external_data=large,
-                )
-            program.save(str(tmp), external_data=large)
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except Exception as err:  # re-raised as one line that says what and where, cause attached
-            raise ExportError(f"ONNX export of {spec.name} to {path} failed: {_one_line(err)}") from err
+            _save_onnx(spec, tmp, dynamic_axes, opset, large)
+            if spec.spatial_dynamic and dynamic_axes is True and any(not isinstance(d, str) for d in onnx_input_dims(tmp)[0][2:]):
+                raise ExportError("the exporter fixed the image size")  # a Python branch on it, say
+        except Exception as err:
+            if not (spec.spatial_dynamic and dynamic_axes is True):
+                raise ExportError(f"ONNX export of {spec.name} to {path} failed: {_one_line(err)}") from err
+            # the eager model runs at other image sizes, but its export cannot keep them symbolic: fix them
+            log.info("%s does not export with a dynamic image size (%s); only the batch axis is dynamic", spec.name, _one_line(err))
+            spec = spec.with_static_spatial()
+            try:
+                _save_onnx(spec, tmp, dynamic_axes, opset, large)
+            except Exception as err2:
+                raise ExportError(f"ONNX export of {spec.name} to {path} failed: {_one_line(err2)}") from err2
         if verify:
             result = verify_onnx_model(spec, tmp, inputs=verify_inputs, tolerance=tolerance, _display_path=path)
     log.info("exported %s to %s%s", spec.name, path, f" (max abs error {result.max_abs_error:.2e})" if result else "")
-    return path, result
+    return path, result, spec
+
+
+def _save_onnx(spec: ExportSpec, path: Path, dynamic_axes: bool | dict[str, dict[int, str]], opset: int | None, large: bool) -> None:
+    import onnx
+
+    with torch.no_grad(), warnings.catch_warnings(), exportable_green_scan():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            spec.module, spec.example_inputs, dynamo=True, dynamic_shapes=spec.dynamic_shapes(dynamic_axes),
+            input_names=spec.input_names, output_names=spec.output_names, opset_version=opset,
+            optimize=True, verbose=False, external_data=large,
+        )
+    program.save(str(path), external_data=large)
+    onnx.checker.check_model(str(path), full_check=True)
 
 
 def export_to_onnx(
@@ -158,7 +190,7 @@ def export_to_onnx(
         ExportError: the exporter or the ONNX checker failed.
     """
     spec = build_spec(model, example_inputs, input_names, output_names, what="export_to_onnx")
-    out, _ = export_spec_to_onnx(
+    out, _, _ = export_spec_to_onnx(
         spec, path, dynamic_axes=dynamic_axes, opset=opset, verify=verify, tolerance=tolerance, verify_inputs=verify_inputs
     )
     if is_resnet_bk(getattr(spec.module, "model", spec.module)):
@@ -213,20 +245,47 @@ def _torch_outputs(module: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np
 
 def compare_outputs(
     expected: Sequence[np.ndarray], actual: Sequence[np.ndarray], *, check_argmax: bool
-) -> tuple[float, bool | None]:
+) -> tuple[float, bool | None, float]:
+    """(max abs error, whether every argmax agrees (None when not checked), max |expected|) over the outputs."""
     if len(expected) != len(actual):
         raise ExportVerificationError(f"exported model returns {len(actual)} outputs, PyTorch {len(expected)}")
-    max_err = 0.0
+    max_err, scale = 0.0, 0.0
     argmax_ok: bool | None = None
     for e, a in zip(expected, actual):
         if e.shape != a.shape:
             raise ExportVerificationError(f"exported output shape {list(a.shape)} differs from PyTorch's {list(e.shape)}")
         if e.size:
             max_err = max(max_err, float(np.max(np.abs(e.astype(np.float64) - a.astype(np.float64)))))
+            if e.dtype.kind == "f":
+                scale = max(scale, float(np.max(np.abs(e))))
         if check_argmax and e.ndim >= 1 and e.dtype.kind == "f":
             same = bool(np.array_equal(e.argmax(-1), a.argmax(-1)))
             argmax_ok = same if argmax_ok is None else (argmax_ok and same)
-    return max_err, argmax_ok
+    return max_err, argmax_ok, scale
+
+
+def verify_against_eager(
+    spec: ExportSpec, run: Callable[[tuple[torch.Tensor, ...]], list[np.ndarray]],
+    batches: Sequence[tuple[torch.Tensor, ...]], tolerance: float, shown: Any, what: str,
+) -> VerificationResult:
+    """Run every batch through the export (``run``) and the eager model; raise one line if they disagree."""
+    max_err, scale, argmax_ok, shapes = 0.0, 0.0, None, []
+    for batch in batches:
+        try:
+            actual = run(batch)
+        except Exception as err:
+            raise ExportVerificationError(
+                f"{what} failed on {shown} at input shapes {[list(t.shape) for t in batch]}: {_one_line(err)}"
+            ) from err
+        err_b, arg_b, scale_b = compare_outputs(_torch_outputs(spec.module, batch), actual, check_argmax=spec.check_argmax)
+        max_err, scale = max(max_err, err_b), max(scale, scale_b)
+        if arg_b is not None:
+            argmax_ok = arg_b if argmax_ok is None else (argmax_ok and arg_b)
+        shapes.append([list(t.shape) for t in batch])
+    result = VerificationResult(max_abs_error=max_err, tolerance=tolerance, shapes=shapes, argmax_match=argmax_ok, scale=scale)
+    if not result.ok:
+        raise ExportVerificationError(result.failure(shown))
+    return result
 
 
 def verify_onnx_model(
@@ -240,14 +299,14 @@ def verify_onnx_model(
 ) -> VerificationResult:
     """Run ``onnx_path`` in onnxruntime and PyTorch on the same inputs; raise if they disagree.
 
-    By default the inputs have shapes the export never saw (batch 1 and 3; for language models lengths 5 and
-    2x the example + 3), so a dynamic axis that silently became static, or a loop unrolled to the example
-    length, fails here. Returns the measured error; raises :class:`ExportVerificationError` (one line: max
-    error, tolerance, file) when it exceeds ``tolerance`` or, for language models, when any argmax differs.
+    By default the inputs have shapes the export never saw (batch 1 and 3; another image size for a fully
+    convolutional model; for language models lengths 5 and 2x the example + 3), so a dynamic axis that silently
+    became static, or a loop unrolled to the example length, fails here. Returns the measured error; raises
+    :class:`ExportVerificationError` (one line: error, allowed error, file) when the error exceeds ``tolerance``
+    relative to the outputs' scale or, for classifiers and language models, when any argmax differs.
     """
     spec = model if isinstance(model, ExportSpec) else build_spec(model, example_inputs, what="verify_onnx_model")
     tolerance = spec.tolerance if tolerance is None else float(tolerance)
-    shown = _display_path or onnx_path
     if inputs is None:
         batches = spec.verification_inputs()
     elif isinstance(inputs, torch.Tensor):
@@ -257,25 +316,8 @@ def verify_onnx_model(
     else:
         batches = [tuple(b) for b in inputs]  # type: ignore[union-attr]
     session = ort_session(onnx_path)
-    max_err, argmax_ok, shapes = 0.0, None, []
-    for batch in batches:
-        try:
-            actual = run_onnx(session, batch)
-        except Exception as err:
-            shape = [list(t.shape) for t in batch]
-            raise ExportVerificationError(f"onnxruntime failed on {shown} at input shapes {shape}: {_one_line(err)}") from err
-        err_b, arg_b = compare_outputs(_torch_outputs(spec.module, batch), actual, check_argmax=spec.check_argmax)
-        max_err = max(max_err, err_b)
-        if arg_b is not None:
-            argmax_ok = arg_b if argmax_ok is None else (argmax_ok and arg_b)
-        shapes.append([list(t.shape) for t in batch])
-    result = VerificationResult(max_abs_error=max_err, tolerance=tolerance, shapes=shapes, argmax_match=argmax_ok)
-    if not result.ok:
-        why = "argmax differs" if result.argmax_match is False and max_err <= tolerance else "max abs error"
-        raise ExportVerificationError(
-            f"verification of {shown} failed: {why} {max_err:.3e} vs tolerance {tolerance:.1e} at input shapes {shapes}"
-        )
-    return result
+    return verify_against_eager(spec, lambda batch: run_onnx(session, batch), batches, tolerance,
+                                _display_path or onnx_path, "onnxruntime")
 
 
 def optimize_onnx_model(
@@ -317,11 +359,11 @@ def optimize_onnx_model(
             reference, optimised = ort_session(onnx_path, level="disable"), ort_session(tmp, level="disable")
             worst = 0.0
             for batch in batches:
-                err, _ = compare_outputs(run_onnx(reference, batch), run_onnx(optimised, batch), check_argmax=False)
-                worst = max(worst, err)
+                err, _, scale = compare_outputs(run_onnx(reference, batch), run_onnx(optimised, batch), check_argmax=False)
+                worst = max(worst, err / max(1.0, scale))
             if worst > tolerance:
                 raise ExportVerificationError(
-                    f"optimised model {output_path} differs from {onnx_path}: max abs error {worst:.3e} vs tolerance {tolerance:.1e}"
+                    f"optimised model {output_path} differs from {onnx_path}: relative error {worst:.3e} vs tolerance {tolerance:.1e}"
                 )
     return output_path
 
@@ -347,6 +389,16 @@ def _random_feeds(onnx_path: Path, batch: int = 3, seq: int = 11) -> list[tuple[
         else:
             tensors.append(torch.randint(0, 8, dims, generator=gen).to(torch.from_numpy(np.zeros(0, dtype)).dtype))
     return [tuple(tensors)]
+
+
+def onnx_input_dims(onnx_path: str | os.PathLike) -> list[list[int | str]]:
+    """Each graph input's dimensions: an int where fixed, the symbol's name where dynamic."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    return [[d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in v.type.tensor_type.shape.dim]
+            for v in graph.input if v.name not in initializers]
 
 
 def onnx_node_count(onnx_path: str | os.PathLike) -> int:

@@ -64,7 +64,7 @@ def export_model_for_deployment(
         "artifacts": {},
     }
     with atomic_dir(output_dir) as tmp:
-        onnx_path, result = export_spec_to_onnx(spec, tmp / "model.onnx", tolerance=tolerance)
+        onnx_path, result, spec = export_spec_to_onnx(spec, tmp / "model.onnx", tolerance=tolerance)
         report["artifacts"]["onnx"] = {
             "file": "model.onnx", "size_mb": round(file_size_mb(onnx_path), 3), "verification": result.to_dict() if result else None,
             "inputs": spec.input_names, "dynamic_axes": {n: {str(k): v for k, v in d.items()} for n, d in zip(spec.input_names, spec.dynamic_axes)},

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from hubtrain.export._spec import ExportError, ExportVerificationError, build_spec
-from hubtrain.export.onnx_export import VerificationResult, _one_line, _torch_outputs, compare_outputs
+from hubtrain.export._spec import ExportError, build_spec
+from hubtrain.export.onnx_export import _one_line, _torch_outputs, verify_against_eager
 from hubtrain.utils import atomic_path
 
 
@@ -54,21 +54,5 @@ def export_to_torchscript(
             loaded = torch.jit.load(str(tmp))
             tol = spec.tolerance if tolerance is None else float(tolerance)
             batches = list(verify_inputs) if verify_inputs is not None else spec.verification_inputs()
-            worst, argmax_ok, shapes = 0.0, None, []
-            for batch in batches:
-                try:
-                    actual = _torch_outputs(loaded, batch)
-                except Exception as err:
-                    raise ExportVerificationError(
-                        f"TorchScript archive {path} fails at input shapes {[list(t.shape) for t in batch]}: {_one_line(err)}"
-                    ) from err
-                err_b, arg_b = compare_outputs(_torch_outputs(spec.module, batch), actual, check_argmax=spec.check_argmax)
-                worst = max(worst, err_b)
-                argmax_ok = arg_b if argmax_ok is None else (argmax_ok and bool(arg_b))
-                shapes.append([list(t.shape) for t in batch])
-            result = VerificationResult(worst, tol, shapes, argmax_ok)
-            if not result.ok:
-                raise ExportVerificationError(
-                    f"verification of {path} failed: max abs error {worst:.3e} vs tolerance {tol:.1e} at input shapes {shapes}"
-                )
+            verify_against_eager(spec, lambda batch: _torch_outputs(loaded, batch), batches, tol, path, "TorchScript archive")
     return path

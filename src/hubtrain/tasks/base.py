@@ -393,10 +393,13 @@ class BaseTask(pl.LightningModule):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder / name} not found; from_pretrained needs a folder written by save_pretrained.")
         config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        from . import task_class
+
         task_name = config.get("hubtrain_task")
-        task_cls = BaseTask._registry.get(task_name) if task_name else None
-        if task_cls is None:
-            raise ValueError(f"{folder / CONFIG_NAME}: hubtrain_task={task_name!r} is not a known hubtrain task.")
+        try:
+            task_cls = task_class(task_name)
+        except ValueError as err:
+            raise ValueError(f"{folder / CONFIG_NAME}: {err}") from None
         if cls is not BaseTask and not issubclass(task_cls, cls):
             raise ValueError(f"{folder} holds a {task_name}, not a {cls.__name__}; load it with {task_name}.from_pretrained.")
         model = task_cls(**{**config.get("init_args", {}), **overrides})
