@@ -145,11 +145,6 @@ def unwrap_causal_lm(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def is_resnet_bk(model: nn.Module) -> bool:
-    config = getattr(model, "config", None)
-    return getattr(config, "model_type", None) == "resnet_bk"
-
-
 def image_input_size(model: nn.Module) -> tuple[int, int, int] | None:
     """(C, H, W) the model is fed: a task's saved preprocessing first (what its own data pipeline produces), then
     its backbone's data config, timm's ``pretrained_cfg``, or the hyperparameters."""
@@ -265,10 +260,9 @@ def _causal_lm_spec(source: nn.Module, lm: nn.Module, example_inputs: Any, input
     config = lm.config
     vocab = int(config.vocab_size)
     limit = None
-    for attr in ("max_position_embeddings", "n_positions"):
+    for attr in ("max_position_embeddings", "n_positions"):  # a positional table caps the sequence axis
         value = getattr(config, attr, None)
-        # ResNet-BK has no positional table: n_seq is a default context, not a limit, so it does not cap the axis.
-        if isinstance(value, int) and value > 0 and not is_resnet_bk(lm):
+        if isinstance(value, int) and value > 0:
             limit = value
             break
 

@@ -22,8 +22,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from hubtrain.export._spec import ExportError, ExportSpec, ExportVerificationError, allowed_error, build_spec, is_resnet_bk
-from hubtrain.export.resnet_bk import exportable_green_scan
+from hubtrain.export._spec import ExportError, ExportSpec, ExportVerificationError, allowed_error, build_spec
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +142,7 @@ def export_spec_to_onnx(
 def _save_onnx(spec: ExportSpec, path: Path, dynamic_axes: bool | dict[str, dict[int, str]], opset: int | None, large: bool) -> None:
     import onnx
 
-    with torch.no_grad(), warnings.catch_warnings(), exportable_green_scan():
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             spec.module, spec.example_inputs, dynamo=True, dynamic_shapes=spec.dynamic_shapes(dynamic_axes),
@@ -193,8 +192,6 @@ def export_to_onnx(
     out, _, _ = export_spec_to_onnx(
         spec, path, dynamic_axes=dynamic_axes, opset=opset, verify=verify, tolerance=tolerance, verify_inputs=verify_inputs
     )
-    if is_resnet_bk(getattr(spec.module, "model", spec.module)):
-        log.info("ResNet-BK prefill graph written; export_decode_step_to_onnx writes the recurrent decode step")
     return out
 
 

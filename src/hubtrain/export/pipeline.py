@@ -14,8 +14,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from hubtrain.export._spec import build_spec, is_resnet_bk
+from hubtrain.export._spec import build_spec
 from hubtrain.export.benchmark import benchmark_speedup, file_size_mb
+from hubtrain.export.decode import export_decode_step_to_onnx, has_flat_cache
 from hubtrain.export.onnx_export import export_spec_to_onnx, optimize_onnx_model
 from hubtrain.export.tensorrt import export_to_tensorrt, tensorrt_unavailable_reason
 from hubtrain.export.torchscript import export_to_torchscript
@@ -47,8 +48,8 @@ def export_model_for_deployment(
 
     ``formats`` picks from ``onnx`` (always made: the others start from it), ``onnx-optimized`` (onnxruntime at
     ``optimize_level``), ``torchscript`` and ``tensorrt`` (skipped, with the reason in the report, where no CUDA
-    GPU or no ``tensorrt`` package is present). ResNet-BK also gets ``decode_step.onnx`` (one token + recurrent
-    state in, logits + state out). With ``benchmark``, eager vs onnxruntime (vs TensorRT) latencies are measured
+    GPU or no ``tensorrt`` package is present). A recurrent LM whose cache flattens to tensors (ResNet-BK) also
+    gets ``decode_step.onnx`` (one token + recurrent state in, logits + state out). With ``benchmark``, eager vs onnxruntime (vs TensorRT) latencies are measured
     at ``batch_sizes`` (and ``seq_lens`` for language models). The folder replaces ``output_dir`` atomically.
     """
     unknown = set(formats) - set(FORMATS)
@@ -70,9 +71,7 @@ def export_model_for_deployment(
             "inputs": spec.input_names, "dynamic_axes": {n: {str(k): v for k, v in d.items()} for n, d in zip(spec.input_names, spec.dynamic_axes)},
         }
         lm = getattr(spec.module, "model", None)
-        if spec.kind == "causal_lm" and lm is not None and is_resnet_bk(lm):
-            from hubtrain.export.decode import export_decode_step_to_onnx
-
+        if spec.kind == "causal_lm" and lm is not None and has_flat_cache(lm):
             decode_path, decode_check = export_decode_step_to_onnx(lm, tmp / "decode_step.onnx")
             report["artifacts"]["decode_step"] = {"file": "decode_step.onnx", "size_mb": round(file_size_mb(decode_path), 3),
                                                   "verification": decode_check}

@@ -1,6 +1,6 @@
 """ResNet-BK: a causal, O(N), bounded language model whose token mixer is a Green's function.
 
-Public API (the mathematics is fixed in docs/design/resnet_bk.md):
+Public API (the mathematics is fixed in docs/resnet_bk.md):
 
 - ``green_scan(a, hop, z_re, z_im, u_re, u_im=None, chunk_size=None, *, initial=None, hop_in=None)``
   -> ``(g_re, g_im, y_re, y_im)``: the fast chunked scan; ``green_scan_reference`` (same arguments, sequential)

@@ -13,7 +13,7 @@ from transformers import PretrainedConfig
 class ResNetBKConfig(PretrainedConfig):
     r"""
     Configuration for [`ResNetBKModel`] and [`ResNetBKForCausalLM`]. Every option has the exact meaning given in
-    section 3 of `docs/design/resnet_bk.md`; none is accepted and ignored (options that only make sense together
+    section 3 of `docs/resnet_bk.md`; none is accepted and ignored (options that only make sense together
     with another one raise a `ValueError` when set alone).
 
     Args:

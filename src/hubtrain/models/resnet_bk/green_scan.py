@@ -19,7 +19,11 @@ compute the same numbers:
   backward is analytic: the adjoints of both recurrences are linear recurrences run in reverse by the same
   chunked scan (formulas in ``_GreenScan``).  Gradients are exact (gradcheck in float64), memory is the inputs
   and outputs only (linear in N), and O(L + C) small tensor ops per call;
-* ``green_scan_step`` advances the state (g, y) by one token, for decoding.
+* ``green_scan_step`` advances the state (g, y) by one token, for decoding;
+* under ``torch.export`` (``torch.compiler.is_exporting()``, which ONNX export uses), ``green_scan`` runs
+  ``green_scan_step`` under torch's ``scan`` operator instead: one graph for every sequence length (an ONNX
+  ``Scan``), with the numbers of the sequential reference.  The model chooses this path itself, as transformers'
+  Mamba mixer chooses between its kernel and its slow path; exporters never patch it.
 
 Complex numbers are written out as (real, imaginary) pairs of real tensors so the model exports to ONNX.
 Nothing is clamped: |g| <= 1/eta and the Ward identity |y_i| <= ||u_{1..i}|| / eta keep every intermediate finite.
@@ -96,6 +100,34 @@ def green_scan_reference(
         state = green_scan_step(a[:, i], hop_prev, z_re, z_im, u_re[:, i], None if u_im is None else u_im[:, i], state)
         outs.append(state)
     return tuple(torch.stack([o[k] for o in outs], dim=1) for k in range(4))  # type: ignore[return-value]
+
+
+def _green_scan_traceable(
+    a: Tensor, t: Tensor, z_re: Tensor, z_im: Tensor, u_re: Tensor, u_im: Optional[Tensor], initial: Optional[GreenState]
+) -> GreenState:
+    """The export form: ``green_scan_step`` looped by torch's ``scan`` operator over positions (t[:, i] = t_{i-1}).
+
+    Without a state the first position sees t = 0, which makes its update the state-less one, so a zero state
+    is exactly the state before a sequence.
+    """
+    from torch._higher_order_ops.scan import scan
+
+    B, N, H = a.shape
+    if u_im is None:
+        u_im = torch.zeros_like(u_re)
+    if initial is None:
+        zeros_g, zeros_y = a.new_zeros(B, H), u_re.new_zeros(B, H, u_re.shape[-1])
+        initial = (zeros_g, zeros_g.clone(), zeros_y, zeros_y.clone())
+
+    def body(carry: GreenState, xs: tuple[Tensor, ...]) -> tuple[GreenState, GreenState]:
+        a_i, t_i, ur_i, ui_i = xs
+        new = green_scan_step(a_i, t_i, z_re, z_im, ur_i, ui_i, carry)
+        # scan requires carries and outputs that do not alias each other
+        return tuple(x.clone() for x in new), tuple(x.clone() for x in new)  # type: ignore[return-value]
+
+    xs = tuple(x.transpose(0, 1) for x in (a, t, u_re, u_im))  # scan (and ONNX Scan) iterate over axis 0
+    _, outs = scan(body, tuple(initial), xs, dim=0)
+    return tuple(o.transpose(0, 1) for o in outs)  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -314,7 +346,7 @@ def green_scan(
             to the first position here.  The result equals the tail of one scan over the whole sequence, and
             gradients flow into the state and the coupling.
     Returns:
-        g_re, g_im: (B, N, H) and y_re, y_im: (B, N, H, P), as defined in section 1 of docs/design/resnet_bk.md.
+        g_re, g_im: (B, N, H) and y_re, y_im: (B, N, H, P), as defined in section 2 of docs/resnet_bk.md.
     """
     _check_shapes(a, hop, z_re, z_im, u_re, u_im)
     if chunk_size is not None and chunk_size < 1:
@@ -322,10 +354,12 @@ def green_scan(
     if (initial is None) != (hop_in is None):
         raise ValueError("green_scan: pass both initial and hop_in to continue a sequence, or neither")
     B, N, H = a.shape
-    L = max(1, min(chunk_size if chunk_size is not None else max(8, math.isqrt(N)), N))
     # t[:, i] = t_{i-1}, the coupling into position i (zero before the first position of a new sequence)
     t_first = hop.new_zeros(B, 1, H) if hop_in is None else hop_in.unsqueeze(1)
     t = torch.cat([t_first, hop[:, :-1]], 1)
+    if torch.compiler.is_exporting():
+        return _green_scan_traceable(a, t, z_re, z_im, u_re, u_im, initial)
+    L = max(1, min(chunk_size if chunk_size is not None else max(8, math.isqrt(N)), N))
     g0, y0 = (None, None), (None, None)
     if initial is not None:
         g0, y0 = (initial[0], initial[1]), (initial[2], initial[3])

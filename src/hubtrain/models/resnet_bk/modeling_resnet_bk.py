@@ -1,6 +1,6 @@
 """ResNet-BK: a causal language model whose token mixer is the resolvent of a tridiagonal Hamiltonian.
 
-Each block is pre-norm and residual: a Green's-function mixer (section 1 of docs/design/resnet_bk.md), then a
+Each block is pre-norm and residual: a Green's-function mixer (section 2 of docs/resnet_bk.md), then a
 mixture-of-experts feed-forward layer.  The mixer's state after a token is O(1) per layer (g, y per channel, plus
 the running sums of the optional terms), which is what `ResNetBKCache` carries during generation.
 
@@ -137,6 +137,30 @@ class ResNetBKCache:
 
     def crop(self, max_length: int) -> None:
         raise ValueError("ResNetBKCache holds a recurrent state and cannot be cropped; regenerate from the prefix")
+
+    # flat form, for graphs that carry the state as plain tensors (the ONNX decode step): a zero tensor of each
+    # name is exactly the state before the first token (position 0 couples to nothing)
+    def to_tensors(self) -> dict[str, Tensor]:
+        """Every state tensor by name: positions, last_mask, then layer.<i>.<key>, each with the batch first."""
+        if self.positions is None or any(st is None for st in self.layers):
+            raise ValueError("ResNetBKCache.to_tensors: the cache is empty; run the model on at least one token first")
+        flat = {"positions": self.positions, "last_mask": self.last_mask}
+        for i, st in enumerate(self.layers):
+            flat.update({f"layer.{i}.{key}": st[key] for key in sorted(st)})
+        return flat
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> "ResNetBKCache":
+        """The cache `to_tensors` flattened (or the zero state of the same names and shapes)."""
+        layers: dict[int, dict[str, Tensor]] = {}
+        for name, value in tensors.items():
+            if name.startswith("layer."):
+                _, i, key = name.split(".", 2)
+                layers.setdefault(int(i), {})[key] = value
+        cache = cls(len(layers))
+        cache.layers = [layers[i] for i in range(len(layers))]
+        cache.positions, cache.last_mask = tensors["positions"], tensors["last_mask"]
+        return cache
 
 
 # transformers 5.24 renamed the cache argument of every model's forward and the cache field of every output from
@@ -333,9 +357,22 @@ class ResNetBKMoE(nn.Module):
         B, N, d = x.shape
         flat = x.reshape(-1, d)
         weights, idx, aux = self.route(flat, phase, mask)
+        if torch.compiler.is_exporting():  # no Python branch on routed counts: one graph for any routing
+            return self._dispatch_traceable(flat, weights, idx).view(B, N, d), aux
         if flat.shape[0] == 1:  # one token (decoding): run its chosen experts directly, no dispatch machinery
             return self._single_token(flat, weights, idx).view(B, N, d), aux
         return self._dispatch(flat, weights, idx).view(B, N, d), aux
+
+    def _dispatch_traceable(self, flat: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
+        """The export form of `_dispatch`: each expert gathers the (token, slot) pairs routed to it with `nonzero`
+        (a shape the exported graph keeps symbolic) and adds its output back with `index_add`; the same sums,
+        with no Python-side count per expert."""
+        out = torch.zeros_like(flat)
+        for e in range(self.config.num_experts):
+            token, slot = torch.nonzero(idx == e, as_tuple=True)
+            h = F.silu(flat[token] @ self.w_in[e]) @ self.w_out[e]
+            out = out.index_add(0, token, h * weights[token, slot].unsqueeze(-1))
+        return out
 
     def _dispatch(self, flat: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
         """Every (token, slot) assignment sorted by expert: one gather, one matmul pair per expert on a contiguous
