@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from hubtrain.errors import HubtrainError
+from hubtrain.network import network_errors
 from hubtrain.utils import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -100,15 +101,6 @@ def redact(text: str, token: str | None) -> str:
     return re.sub(r"hf_[A-Za-z0-9]{20,}", "hf_***", text)
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for name in ("httpx2", "httpx"):
-        with contextlib.suppress(ImportError):
-            module = __import__(name)
-            errors += [module.ConnectError, module.TimeoutException, module.NetworkError]
-    return tuple(errors)
-
-
 @contextlib.contextmanager
 def hub_errors(action: str, repo_id: str, endpoint: str, token: str | None) -> Iterator[None]:
     """Turn ``huggingface_hub`` / network exceptions into one-line :class:`HubError` without the token."""
@@ -131,7 +123,7 @@ def hub_errors(action: str, repo_id: str, endpoint: str, token: str | None) -> I
         else:
             hint = f"HTTP {status}: {detail}"
         raise HubError(redact(f"{action} {where} failed: {hint}", token)) from None
-    except _network_errors() as err:
+    except network_errors() as err:
         raise HubError(redact(f"{action} {where} failed: cannot reach the Hub ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else 'no answer'}); check the network or HF_ENDPOINT", token)) from None
 

@@ -7,7 +7,7 @@ Three ways in, one module out:
 * **config**: a ``PretrainedConfig``, built with ``AutoModel.from_config`` (random weights);
 * **auto**: ``"hf:org/name"`` or a local folder holding a transformers ``config.json``, loaded with
   ``AutoModel`` / ``AutoBackbone.from_pretrained`` from local files only. Files are found the offline-safe way
-  (``hubtrain.backbones.resolve``): the local cache first, no network with ``HF_HUB_OFFLINE``, one short request
+  (``hubtrain.network``): the local cache first, no network with ``HF_HUB_OFFLINE``, one short request
   otherwise, and an ``OfflineModelError`` naming the model and the ways out when nothing answers.
 
 The module speaks the backbone contract of ``docs/architecture.md``: pooled features ``(B, num_features)`` or,
@@ -111,7 +111,8 @@ def _is_transformers_folder(folder: Path) -> bool:
 
 def _resolve_repo(repo: str, *, pretrained: bool) -> Path:
     """Local snapshot folder of a transformers repo (config.json, weights when ``pretrained``), offline-safe."""
-    from .resolve import hub_file, split_revision
+    from ..network import hub_file
+    from .resolve import split_revision
 
     repo_id, revision = split_revision(repo)
     model = f"hf:{repo}"

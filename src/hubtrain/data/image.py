@@ -438,7 +438,7 @@ class ImageDataModule(pl.LightningDataModule):
     def _torchvision(self, cls_name: str, *, train: bool, transform: Callable | None) -> Dataset:
         import torchvision.datasets
 
-        from ..backbones.resolve import _socket_timeout, hub_offline
+        from ..network import hub_offline, socket_timeout
 
         cls = getattr(torchvision.datasets, cls_name)
         root = str(self.data_dir or Path("data"))
@@ -455,7 +455,7 @@ class ImageDataModule(pl.LightningDataModule):
         if hub_offline():
             raise FileNotFoundError(f"{where} (HF_HUB_OFFLINE is set, so nothing is downloaded).")
         try:
-            with _socket_timeout(15.0):
+            with socket_timeout(15.0):
                 return cls(root=root, train=train, transform=wrapped, download=True)
         except (OSError, RuntimeError) as err:
             reason = " ".join(str(err).split())[:300]  # torchvision's message spans lines; keep ours to one

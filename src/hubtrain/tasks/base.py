@@ -382,7 +382,7 @@ class BaseTask(pl.LightningModule):
             repo = str(folder_or_repo_id)
             if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
                 raise FileNotFoundError(f"{repo!r} is not a folder; give a save_pretrained folder or a Hub repo id 'org/name'.")
-            from ..backbones.resolve import hub_file
+            from ..network import hub_file
 
             config_path = hub_file(repo, [CONFIG_NAME], revision=revision, model=repo)
             weights_path = hub_file(repo, [WEIGHTS_NAME], revision=revision, model=repo)
