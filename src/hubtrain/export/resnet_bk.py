@@ -4,15 +4,18 @@ The training-time ``green_scan`` is an autograd Function whose chunked loops dep
 ``torch.export`` would either specialise it to the example length or unroll it. For export we run the *same*
 one-position update (``green_scan_step`` of the model's own module) under ``torch``'s ``scan`` operator, which
 the ONNX exporter turns into a single ``Scan`` node: one graph for every batch size and sequence length, with
-the numbers of the sequential reference. Swapping happens only inside :func:`exportable_green_scan`; the model
-object itself is never modified.
+the numbers of the sequential reference. TorchScript cannot record the autograd Function either; for
+``torch.jit.trace`` the scan is the same recurrence as a ``torch.jit.script`` loop, which the trace keeps as a loop
+over the positions of any length (:func:`traceable_green_scan`). Swapping happens only inside these context
+managers; the model object itself is never modified.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import types
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -79,10 +82,69 @@ def _moe_forward_without_guard(self, x: Tensor, phase: Tensor, mask: Tensor) -> 
     return out.view(B, N, d), aux
 
 
+def _sequential_green_scan(a: Tensor, hop: Tensor, z_re: Tensor, z_im: Tensor, u_re: Tensor,
+                           u_im: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``green_scan_step`` applied position after position, written for ``torch.jit.script``."""
+    B, N, H = a.shape[0], a.shape[1], a.shape[2]
+    ui = torch.zeros_like(u_re) if u_im is None else u_im
+    g_re = a.new_zeros(B, H)
+    g_im = a.new_zeros(B, H)
+    y_re = u_re.new_zeros(B, H, u_re.shape[-1])
+    y_im = u_re.new_zeros(B, H, u_re.shape[-1])
+    outs: List[List[Tensor]] = [[], [], [], []]
+    for i in range(N):
+        t = hop[:, i - 1] if i > 0 else torch.zeros_like(a[:, 0])  # position 0 has no coupling to the past
+        t2 = t * t
+        d_re = a[:, i] - z_re - t2 * g_re
+        d_im = (-z_im).expand_as(g_re) - t2 * g_im
+        den = d_re * d_re + d_im * d_im
+        g_re, g_im = d_re / den, -d_im / den
+        w_re = u_re[:, i] - t.unsqueeze(-1) * y_re
+        w_im = ui[:, i] - t.unsqueeze(-1) * y_im
+        gr, gi = g_re.unsqueeze(-1), g_im.unsqueeze(-1)
+        y_re, y_im = gr * w_re - gi * w_im, gr * w_im + gi * w_re
+        for k, value in enumerate([g_re, g_im, y_re, y_im]):
+            outs[k].append(value)
+    return torch.stack(outs[0], 1), torch.stack(outs[1], 1), torch.stack(outs[2], 1), torch.stack(outs[3], 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _scripted_green_scan() -> Callable:
+    return torch.jit.script(_sequential_green_scan)  # compiled on first use, not when hubtrain.export is imported
+
+
+def _make_traceable(step: Callable) -> Callable:
+    """A drop-in ``green_scan`` for ``torch.jit.trace``: the scripted loop above (``step`` is its eager twin)."""
+    del step
+    scripted = _scripted_green_scan()
+
+    def green_scan(a: Tensor, hop: Tensor, z_re: Tensor, z_im: Tensor, u_re: Tensor, u_im: Optional[Tensor] = None,
+                   chunk_size: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        del chunk_size  # only a speed knob of the chunked scan
+        return scripted(a, hop, z_re, z_im, u_re, u_im)
+
+    green_scan.__name__ = "green_scan"
+    return green_scan
+
+
 @contextlib.contextmanager
 def exportable_green_scan() -> Iterator[None]:
     """Within the block, ResNet-BK runs in its export form: the scan-operator ``green_scan`` everywhere it is
     referenced, and the MoE layer without its data-dependent branch. Nothing is changed outside the block."""
+    with _export_form(_make_exportable):
+        yield
+
+
+@contextlib.contextmanager
+def traceable_green_scan() -> Iterator[None]:
+    """Like :func:`exportable_green_scan`, for ``torch.jit.trace``: the scan is a scripted loop over positions, so
+    a traced ResNet-BK runs at every sequence length, and the MoE layer has no data-dependent branch to freeze."""
+    with _export_form(_make_traceable):
+        yield
+
+
+@contextlib.contextmanager
+def _export_form(make_scan: Callable[[Callable], Callable]) -> Iterator[None]:
     patched: list[tuple[object, str, Callable]] = []
     try:
         for module in _scan_modules():
@@ -92,7 +154,7 @@ def exportable_green_scan() -> Iterator[None]:
             if step is None:
                 continue
             patched.append((module, "green_scan", original))
-            module.green_scan = _make_exportable(step)
+            module.green_scan = make_scan(step)
         for module in list(sys.modules.values()):
             moe = getattr(module, "ResNetBKMoE", None)
             if isinstance(moe, type) and "forward" in vars(moe) and all(moe is not p[0] for p in patched):

@@ -15,6 +15,7 @@ from torch import nn
 
 from hubtrain.export._spec import ExportError, build_spec
 from hubtrain.export.onnx_export import _one_line, _torch_outputs, verify_against_eager
+from hubtrain.export.resnet_bk import traceable_green_scan
 from hubtrain.utils import atomic_path
 
 
@@ -42,7 +43,7 @@ def export_to_torchscript(
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python values and torch.jit's deprecation notice
         try:
-            with torch.no_grad():
+            with torch.no_grad(), traceable_green_scan():  # ResNet-BK's scan as a loop a trace keeps
                 if method == "trace":
                     scripted = torch.jit.trace(spec.module, spec.example_inputs, strict=False, check_trace=False)
                 else:
