@@ -20,9 +20,10 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from doc_blocks import python_blocks, run_block, substitute
 
 SEED = Path(__file__).parent / "seed" / "autotimm_hf_integration_overview.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", SEED.read_text(encoding="utf-8"), flags=re.S)
+BLOCKS = python_blocks(SEED)
 CPU_ONLY = not torch.cuda.is_available()
 
 # The seed's ViT configs at 224 px (86M parameters) become 2-layer, width-32 ViTs on 32 px images.
@@ -36,15 +37,7 @@ FP16_ON_CPU = ('precision="16-mixed"', 'precision="bf16-mixed"' if CPU_ONLY else
 
 
 def _sub(code: str, substitutions: list[tuple[Any, str]]) -> str:
-    for old, new in substitutions:
-        if old == "":
-            code = new + code
-        elif isinstance(old, re.Pattern):
-            code, n = old.subn(new, code)
-            assert n, f"substitution {old.pattern!r} no longer matches the seed's code; update the test"
-        else:
-            assert old in code, f"substitution {old!r} no longer matches the seed's code; update the test"
-            code = code.replace(old, new)
+    code = substitute(code, substitutions, where="the seed's code")
     return re.sub(r"\bautotimm\b", "hubtrain", code)  # the module, not names such as autotimm_model
 
 
@@ -132,7 +125,7 @@ def doc(tmp_path_factory) -> Callable[..., dict[str, Any]]:
             code = _sub(BLOCKS[index] if code is None else code, list(substitutions))
             with mp.context() as inner:
                 inner.setenv("HF_HUB_OFFLINE", "1")
-                exec(compile(code, f"<seed block {index}>", "exec"), namespace)
+                run_block(code, namespace, f"<seed block {index}>")
             return namespace
 
         run.workdir = workdir  # type: ignore[attr-defined]

@@ -66,3 +66,15 @@ def test_decode_step_rejects_other_models(tiny_gpt2, tmp_path):
     with pytest.raises(TypeError, match="GPT2LMHeadModel has no recurrent cache that flattens to tensors"):
         export_decode_step_to_onnx(tiny_gpt2, tmp_path / "d.onnx")
     assert not (tmp_path / "d.onnx").exists()
+
+
+def test_resnet_bk_torchscript_keeps_the_scan_a_loop(tiny_resnet_bk, tmp_path):
+    # trace cannot record the scan's autograd Function; it traces a scripted loop instead, so the archive runs at
+    # lengths the trace never saw (an unrolled loop would fail verification at lengths 5 and 35)
+    from hubtrain.export import export_to_torchscript
+
+    path = export_to_torchscript(tiny_resnet_bk, tmp_path / "resnet_bk.pt")
+    scripted = torch.jit.load(str(path))
+    ids = torch.randint(0, 64, (2, 100), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(scripted(ids), tiny_resnet_bk(ids).logits, atol=1e-4)

@@ -22,8 +22,10 @@ compute the same numbers:
 * ``green_scan_step`` advances the state (g, y) by one token, for decoding;
 * under ``torch.export`` (``torch.compiler.is_exporting()``, which ONNX export uses), ``green_scan`` runs
   ``green_scan_step`` under torch's ``scan`` operator instead: one graph for every sequence length (an ONNX
-  ``Scan``), with the numbers of the sequential reference.  The model chooses this path itself, as transformers'
-  Mamba mixer chooses between its kernel and its slow path; exporters never patch it.
+  ``Scan``), with the numbers of the sequential reference; under ``torch.jit.trace`` it runs the same recurrence as
+  a ``torch.jit.script`` loop, which a TorchScript archive keeps as a loop over any length.  The model chooses
+  these paths itself, as transformers' Mamba mixer chooses between its kernel and its slow path; exporters never
+  patch it.
 
 Complex numbers are written out as (real, imaginary) pairs of real tensors so the model exports to ONNX.
 Nothing is clamped: |g| <= 1/eta and the Ward identity |y_i| <= ||u_{1..i}|| / eta keep every intermediate finite.
@@ -31,8 +33,9 @@ This file imports only torch: it is copied next to the modeling file when a mode
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -128,6 +131,32 @@ def _green_scan_traceable(
     xs = tuple(x.transpose(0, 1) for x in (a, t, u_re, u_im))  # scan (and ONNX Scan) iterate over axis 0
     _, outs = scan(body, tuple(initial), xs, dim=0)
     return tuple(o.transpose(0, 1) for o in outs)  # type: ignore[return-value]
+
+
+def _sequential_scan(a: Tensor, t: Tensor, z_re: Tensor, z_im: Tensor, u_re: Tensor, u_im: Tensor, g_re: Tensor,
+                     g_im: Tensor, y_re: Tensor, y_im: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The TorchScript form: ``green_scan_step``'s update position after position, written for ``torch.jit.script``
+    (t[:, i] = t_{i-1}; the state is the one before the first position, zeros for a new sequence)."""
+    outs: List[List[Tensor]] = [[], [], [], []]
+    for i in range(a.shape[1]):
+        ti = t[:, i]
+        t2 = ti * ti
+        d_re = a[:, i] - z_re - t2 * g_re
+        d_im = (-z_im).expand_as(g_re) - t2 * g_im
+        den = d_re * d_re + d_im * d_im
+        g_re, g_im = d_re / den, -d_im / den
+        w_re = u_re[:, i] - ti.unsqueeze(-1) * y_re
+        w_im = u_im[:, i] - ti.unsqueeze(-1) * y_im
+        gr, gi = g_re.unsqueeze(-1), g_im.unsqueeze(-1)
+        y_re, y_im = gr * w_re - gi * w_im, gr * w_im + gi * w_re
+        for k, value in enumerate([g_re, g_im, y_re, y_im]):
+            outs[k].append(value)
+    return torch.stack(outs[0], 1), torch.stack(outs[1], 1), torch.stack(outs[2], 1), torch.stack(outs[3], 1)
+
+
+@functools.cache
+def _scripted_scan():
+    return torch.jit.script(_sequential_scan)  # compiled on first trace, not at import
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -359,6 +388,11 @@ def green_scan(
     t = torch.cat([t_first, hop[:, :-1]], 1)
     if torch.compiler.is_exporting():
         return _green_scan_traceable(a, t, z_re, z_im, u_re, u_im, initial)
+    if torch.jit.is_tracing():
+        zeros_g, zeros_y = a.new_zeros(B, H), u_re.new_zeros(B, H, u_re.shape[-1])
+        g0_re, g0_im, y0_re, y0_im = initial if initial is not None else (zeros_g, zeros_g, zeros_y, zeros_y)
+        return _scripted_scan()(a, t, z_re, z_im, u_re, torch.zeros_like(u_re) if u_im is None else u_im,
+                                g0_re, g0_im, y0_re, y0_im)
     L = max(1, min(chunk_size if chunk_size is not None else max(8, math.isqrt(N)), N))
     g0, y0 = (None, None), (None, None)
     if initial is not None:

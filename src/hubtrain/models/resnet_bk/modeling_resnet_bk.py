@@ -357,7 +357,7 @@ class ResNetBKMoE(nn.Module):
         B, N, d = x.shape
         flat = x.reshape(-1, d)
         weights, idx, aux = self.route(flat, phase, mask)
-        if torch.compiler.is_exporting():  # no Python branch on routed counts: one graph for any routing
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():  # no Python branch on routed counts
             return self._dispatch_traceable(flat, weights, idx).view(B, N, d), aux
         if flat.shape[0] == 1:  # one token (decoding): run its chosen experts directly, no dispatch machinery
             return self._single_token(flat, weights, idx).view(B, N, d), aux
