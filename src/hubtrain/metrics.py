@@ -222,7 +222,11 @@ class MetricManager(nn.Module):
             if preds.is_floating_point() and preds.dtype != torch.float32:
                 preds = preds.float()  # bf16/fp16 autocast outputs would cost the metrics precision
         for cfg in self.configs_for(stage):
-            self._get(stage, cfg.name).update(preds, target)
+            metric = self._get(stage, cfg.name)
+            if cfg.log_on_step:
+                metric(preds, target)  # forward() also computes the batch's value, which Lightning logs per step
+            else:
+                metric.update(preds, target)
 
     def log(self, module: Any, stage: str, **log_kwargs: Any) -> None:
         """Hand the metric objects to ``module.log`` so Lightning computes, syncs and resets them each epoch (and
