@@ -1057,7 +1057,8 @@ def _(ctx):
 
 
 @row("ImageDataModule", "train_csv, val_csv, image_dir, image_column=None, label_column=None",
-     "CSV mode; paths under image_dir; first column images, next column labels")
+     "CSV mode; paths under image_dir; first column images, next column labels",
+     "the same, except that columns named 'image' / 'label' are taken first")
 def _(ctx):
     from hubtrain import ImageDataModule
 
@@ -1103,7 +1104,7 @@ def _(ctx):
 
 
 @row("ImageDataModule", 'augmentation_preset="randaugment" / "autoaugment"', "torchvision's RandAugment / AutoAugment",
-     "timm's RandAugment ('rand-m9-mstd0.5') / AutoAugment ('original') policies")
+     "timm's RandAugment ('rand-m9-mstd0.5') / AutoAugment ('original') of the same policies", DIFFERS)
 def _(ctx):
     from timm.data.auto_augment import AutoAugment, RandAugment
 
