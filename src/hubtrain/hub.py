@@ -546,12 +546,13 @@ def load_checkpoint_model(model_path: str | os.PathLike, model_size: str | None 
     task = task or hparams.get("hubtrain_task")
     if task:
         from hubtrain.tasks import task_class
+        from hubtrain.tasks.base import BaseTask
 
         try:
             cls = task_class(task)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
-        model = cls(**{k: v for k, v in hparams.items() if k != "hubtrain_task"})
+        model = cls(**BaseTask.init_kwargs({k: v for k, v in hparams.items() if k != "hubtrain_task"}))
         model.load_state_dict(_state_dict_of(raw, path))
         return model.eval()
 

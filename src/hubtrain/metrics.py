@@ -76,13 +76,23 @@ def resolve_metric_class(metric_class: str | type, backend: str = "torchmetrics"
     return cls
 
 
+def _accepted(cls: type) -> set[str]:
+    """The keyword arguments a metric class takes (none known for C-level or exotic constructors)."""
+    try:
+        return set(inspect.signature(cls).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 @dataclass
 class MetricConfig:
     """One metric, logged as ``"{stage}/{name}"`` in each of ``stages``.
 
     ``metric_class`` is a torchmetrics class name (``"Accuracy"``), a dotted path
     (``"torchmetrics.classification.MulticlassAUROC"``), or, with ``backend="custom"``, the dotted import path of
-    your own ``torchmetrics.Metric`` subclass. ``params`` go to its constructor.
+    your own ``torchmetrics.Metric`` subclass. ``params`` go to its constructor. ``log_on_step`` /
+    ``log_on_epoch`` say when Lightning logs it. Fields, order and defaults are AutoTimm's (which requires
+    ``params`` and ``stages``; here they default to ``{}`` and all three stages).
     """
 
     name: str
@@ -90,6 +100,8 @@ class MetricConfig:
     metric_class: str | type | None = None
     params: dict[str, Any] | None = None
     stages: list[str] | None = None
+    log_on_step: bool = False
+    log_on_epoch: bool = True
     prog_bar: bool = False
     _cls: type = field(init=False, repr=False, compare=False)
 
@@ -99,6 +111,7 @@ class MetricConfig:
                 f"MetricConfig: name={self.name!r} must be a non-empty string of letters, digits, '_' or '-' "
                 "(it becomes the logged key '<stage>/<name>')"
             )
+        self.backend = str(self.backend).lower()
         if self.backend not in BACKENDS:
             raise ValueError(f"MetricConfig(name={self.name!r}): unknown backend={self.backend!r}; use one of {BACKENDS}")
         if self.metric_class is None:
@@ -107,7 +120,7 @@ class MetricConfig:
             self.stages = list(STAGES)
         if isinstance(self.stages, str):
             self.stages = [self.stages]
-        self.stages = list(self.stages)
+        self.stages = [str(stage).lower() for stage in self.stages]
         if not self.stages:
             raise ValueError(f"MetricConfig(name={self.name!r}): stages=[] logs nowhere; use some of {list(STAGES)}")
         for stage in self.stages:
@@ -117,9 +130,12 @@ class MetricConfig:
             raise ValueError(f"MetricConfig(name={self.name!r}): params must be a dict, got {type(self.params).__name__}")
         self._cls = resolve_metric_class(self.metric_class, self.backend, self.name)
 
-    def build(self, num_classes: int | None = None) -> torchmetrics.Metric:
-        """Instantiate the metric; ``num_classes`` fills ``num_classes`` / ``num_labels`` when the params leave them out."""
+    def build(self, num_classes: int | None = None, threshold: float | None = None) -> torchmetrics.Metric:
+        """Instantiate the metric; ``num_classes`` fills ``num_classes`` / ``num_labels`` and ``threshold`` fills
+        ``threshold`` when the params leave them out and the metric takes them."""
         params = dict(self.params or {})
+        if threshold is not None and "threshold" in _accepted(self._cls):
+            params.setdefault("threshold", threshold)
         if num_classes is not None:
             task = params.get("task")
             if task == "multilabel":
@@ -127,10 +143,7 @@ class MetricConfig:
             elif task == "multiclass":
                 params.setdefault("num_classes", num_classes)
             elif task is None:
-                try:
-                    accepted = inspect.signature(self._cls).parameters
-                except (TypeError, ValueError):  # C-level or exotic constructors: leave params as given
-                    accepted = {}
+                accepted = _accepted(self._cls)
                 if "num_classes" in accepted:
                     params.setdefault("num_classes", num_classes)
                 elif "num_labels" in accepted:
@@ -155,8 +168,13 @@ class MetricManager(nn.Module):
         self.metrics.log(self, "val", batch_size=len(target))   # Lightning computes + resets per epoch
     """
 
-    def __init__(self, configs: Sequence[MetricConfig | dict], num_classes: int | None = None) -> None:
+    def __init__(
+        self, configs: Sequence[MetricConfig | dict] | "MetricManager", num_classes: int | None = None,
+        threshold: float | None = None,
+    ) -> None:
         super().__init__()
+        if isinstance(configs, MetricManager):  # AutoTimm's tasks take a manager as well as a list
+            configs = configs.configs
         if configs is None or len(configs) == 0:
             raise ValueError("MetricManager: metrics=[] is empty; pass at least one MetricConfig (or metrics=None for defaults)")
         parsed: list[MetricConfig] = []
@@ -172,9 +190,10 @@ class MetricManager(nn.Module):
             raise ValueError(f"MetricManager: duplicate metric name(s) {dupes}; each MetricConfig needs its own name")
         self.configs = parsed
         self.num_classes = num_classes
+        self.threshold = threshold
         # Flat keys "<stage>_<name>": nn.Module attributes such as `train` cannot be used as ModuleDict keys.
         self._metrics = nn.ModuleDict(
-            {f"{stage}_{cfg.name}": cfg.build(num_classes) for cfg in parsed for stage in cfg.stages}
+            {f"{stage}_{cfg.name}": cfg.build(num_classes, threshold) for cfg in parsed for stage in cfg.stages}
         )
 
     def _get(self, stage: str, name: str) -> torchmetrics.Metric:
@@ -203,12 +222,17 @@ class MetricManager(nn.Module):
             if preds.is_floating_point() and preds.dtype != torch.float32:
                 preds = preds.float()  # bf16/fp16 autocast outputs would cost the metrics precision
         for cfg in self.configs_for(stage):
-            self._get(stage, cfg.name).update(preds, target)
+            metric = self._get(stage, cfg.name)
+            if cfg.log_on_step:
+                metric(preds, target)  # forward() also computes the batch's value, which Lightning logs per step
+            else:
+                metric.update(preds, target)
 
     def log(self, module: Any, stage: str, **log_kwargs: Any) -> None:
-        """Hand the metric objects to ``module.log`` so Lightning computes, syncs and resets them each epoch."""
-        kwargs = {"on_step": False, "on_epoch": True, **log_kwargs}
+        """Hand the metric objects to ``module.log`` so Lightning computes, syncs and resets them each epoch (and
+        logs them per step where a config says ``log_on_step``)."""
         for cfg in self.configs_for(stage):
+            kwargs = {"on_step": cfg.log_on_step, "on_epoch": cfg.log_on_epoch, **log_kwargs}
             module.log(f"{stage}/{cfg.name}", self._get(stage, cfg.name), prog_bar=cfg.prog_bar, **kwargs)
 
     def compute(self, stage: str) -> dict[str, Tensor]:

@@ -193,7 +193,7 @@ def test_logger_manager(approach, build, loaders, trainer_kwargs):
 
 def test_tuner_config(approach, build, loaders, trainer_kwargs):
     model = build(approach, lr=3e-3)
-    tuner = TunerConfig(auto_lr=True, lr_find_kwargs={"min_lr": 1e-5, "max_lr": 1.0, "num_training": 20})
+    tuner = TunerConfig(auto_lr=True, auto_batch_size=False, lr_find_kwargs={"min_lr": 1e-5, "max_lr": 1.0, "num_training": 20})
     # Lightning's LR finder cannot run past max_epochs: one epoch of 24 batches of 2 gives it its 20 steps.
     trainer = AutoTrainer(max_epochs=1, tuner_config=tuner, **trainer_kwargs)
     trainer.fit(model, loaders("train", batch_size=2), loaders("val"))

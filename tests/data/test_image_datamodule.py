@@ -146,7 +146,10 @@ def test_csv_mode(image_folder, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.png"):
         ImageDataModule(train_csv=tmp_path / "bad.csv", image_column="file", label_column="species").setup()
     with pytest.raises(ValueError, match="no column 'image'"):
-        ImageDataModule(train_csv=root / "train.csv").setup()
+        ImageDataModule(train_csv=root / "train.csv", image_column="image").setup()
+    # without column names, AutoTimm's rule: the first column holds the images, the next one the labels
+    dm = ImageDataModule(train_csv=root / "train.csv", val_csv=root / "val.csv", image_size=16)
+    assert dm.class_names == ["cat", "dog"] and len(dm.train_dataset) == 6
 
 
 def _hf_dataset(image_folder):

@@ -204,11 +204,15 @@ def _lr_curve(model: ImageClassifier, steps: int) -> list[float]:
                                             ({"class": "sgd", "params": {"momentum": 0.5}}, torch.optim.SGD)])
 def test_optimizers(optimizer, cls):
     model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=2, optimizer=optimizer, scheduler=None, lr=0.01, weight_decay=0.1)
-    opt = model.configure_optimizers()
+    config = model.configure_optimizers()
+    assert set(config) == {"optimizer"}  # Lightning's dict form, as AutoTimm returns it, also without a schedule
+    opt = config["optimizer"]
     assert type(opt) is cls and opt.param_groups[0]["lr"] == 0.01
     assert opt.param_groups[0]["weight_decay"] == 0.1 and opt.param_groups[1]["weight_decay"] == 0.0  # no decay on biases/norms
     if isinstance(optimizer, dict):
         assert opt.param_groups[0]["momentum"] == 0.5
+    elif cls is torch.optim.SGD:
+        assert opt.param_groups[0]["momentum"] == 0  # torch's (and AutoTimm's) default, none added
 
 
 def test_schedules():
@@ -262,7 +266,8 @@ def test_hparams_are_json_and_rebuild_the_task():
     model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False, drop_rate=0.1), num_classes=3, metrics=metrics)
     hparams = json.loads(json.dumps(dict(model.hparams)))
     assert hparams["metrics"][0]["metric_class"] == "torchmetrics.classification.auroc.MulticlassAUROC"
-    rebuilt = ImageClassifier(**hparams)
+    assert hparams["backbone_name"] == "test_resnet"  # recorded for readers (AutoTimm's key), not an argument
+    rebuilt = ImageClassifier(**ImageClassifier.init_kwargs(hparams))
     assert rebuilt.monitor == ("val/loss", "min")  # no accuracy metric -> follow the loss
     assert rebuilt.backbone.backbone_spec == model.backbone.backbone_spec
 

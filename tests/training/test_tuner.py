@@ -1,4 +1,6 @@
-"""TunerConfig: Lightning's LR finder and batch-size scaler, applied and reported, never silent."""
+"""TunerConfig: Lightning's LR finder and batch-size scaler, applied and reported, never silent.
+
+TunerConfig() turns both searches on (AutoTimm's defaults), so each test here turns off the one it does not test."""
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +25,7 @@ def test_auto_lr_applies_suggestion_and_saves_plot(tmp_path, kit):
         max_epochs=2,
         default_root_dir=tmp_path,
         callbacks=[probe],
-        tuner_config=TunerConfig(auto_lr=True, lr_find_kwargs={"num_training": 40, "min_lr": 1e-5, "max_lr": 1.0}),
+        tuner_config=TunerConfig(auto_lr=True, auto_batch_size=False, lr_find_kwargs={"num_training": 40, "min_lr": 1e-5, "max_lr": 1.0}),
         **kit.QUIET,
     )
     trainer.fit(model, datamodule=data)
@@ -53,7 +55,7 @@ def test_auto_lr_without_enough_points_warns_and_keeps_lr(tmp_path, kit, data):
     trainer = AutoTrainer(
         max_epochs=1,
         default_root_dir=tmp_path,
-        tuner_config=TunerConfig(auto_lr=True, lr_find_kwargs={"num_training": 5}),
+        tuner_config=TunerConfig(auto_lr=True, auto_batch_size=False, lr_find_kwargs={"num_training": 5}),
         **kit.QUIET,
     )
     with pytest.warns(UserWarning, match=r"no learning rate suggested, keeping lr=0.05: only 5 loss values"):
@@ -65,7 +67,7 @@ def test_auto_lr_on_module_without_lr_attribute_says_so(tmp_path, kit):
     train, _ = kit.make_data()
     loader = __import__("torch").utils.data.DataLoader(train, batch_size=4)  # 48 batches
     trainer = AutoTrainer(
-        max_epochs=1, default_root_dir=tmp_path, tuner_config=TunerConfig(auto_lr=True, lr_find_kwargs={"num_training": 30}),
+        max_epochs=1, default_root_dir=tmp_path, tuner_config=TunerConfig(auto_lr=True, auto_batch_size=False, lr_find_kwargs={"num_training": 30}),
         **kit.QUIET,
     )
     with pytest.warns(UserWarning, match=r"lr_find suggests lr=.* but the model has no `lr` or `learning_rate`"):
@@ -78,7 +80,7 @@ def test_auto_batch_size(tmp_path, kit):
         max_epochs=1,
         default_root_dir=tmp_path,
         tuner_config=TunerConfig(
-            auto_batch_size=True, batch_size_kwargs={"mode": "power", "init_val": 4, "max_trials": 2, "steps_per_trial": 1}
+            auto_lr=False, auto_batch_size=True, batch_size_kwargs={"mode": "power", "init_val": 4, "max_trials": 2, "steps_per_trial": 1}
         ),
         **kit.QUIET,
     )
@@ -91,7 +93,7 @@ def test_auto_batch_size_without_attribute_warns(tmp_path, kit):
     train, _ = kit.make_data()
     loader = __import__("torch").utils.data.DataLoader(train, batch_size=32)
     trainer = AutoTrainer(
-        max_epochs=1, default_root_dir=tmp_path, tuner_config=TunerConfig(auto_batch_size=True), **kit.QUIET
+        max_epochs=1, default_root_dir=tmp_path, tuner_config=TunerConfig(auto_lr=False, auto_batch_size=True), **kit.QUIET
     )
     with pytest.warns(UserWarning, match="auto_batch_size=True\\) skipped: batch size scaling rebuilds the dataloaders"):
         trainer.fit(kit.PlainModule(), loader)
@@ -101,7 +103,7 @@ def test_auto_batch_size_without_attribute_warns(tmp_path, kit):
             return loader
 
     trainer = AutoTrainer(
-        max_epochs=1, default_root_dir=tmp_path, tuner_config=TunerConfig(auto_batch_size=True), **kit.QUIET
+        max_epochs=1, default_root_dir=tmp_path, tuner_config=TunerConfig(auto_lr=False, auto_batch_size=True), **kit.QUIET
     )
     with pytest.warns(UserWarning, match="neither the datamodule nor the model has a `batch_size` attribute"):
         trainer.fit(kit.PlainModule(), datamodule=NoBatchSize())

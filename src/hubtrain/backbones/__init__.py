@@ -90,6 +90,11 @@ def create_backbone(
             f"backbone={spec!r} ({type(spec).__name__}): give a timm name, 'hf-hub:org/name', 'local-dir:/path', "
             "a BackboneConfig (or its dict), or a transformers model or config."
         )
+    if spec.num_classes:
+        raise ValueError(
+            f"BackboneConfig(num_classes={spec.num_classes}): AutoTimm's create_backbone adds a timm classifier, "
+            "hubtrain's backbones are headless; use num_classes=0 and a task (ImageClassifier) for the head."
+        )
     if pretrained is not None:
         spec = replace(spec, pretrained=bool(pretrained))
     if _is_transformers_name(spec.model_name):

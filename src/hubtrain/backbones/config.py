@@ -1,4 +1,4 @@
-"""``BackboneConfig``: the JSON-friendly description of a backbone, as in AutoTimm."""
+"""``BackboneConfig``: the JSON-friendly description of a backbone, AutoTimm's fields in AutoTimm's order."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,6 +14,8 @@ class BackboneConfig:
         model_name: a timm name (``"resnet18"``, ``"resnet18.a1_in1k"``), ``"hf-hub:org/name[@revision]"``,
             ``"local-dir:/path"``, or a transformers name (``"hf:org/name"``) / folder.
         pretrained: load pretrained weights (from the local Hugging Face cache first, never a silent network wait).
+        num_classes: AutoTimm's classifier size; hubtrain backbones are always headless (the task adds the head),
+            so it must be 0 except in ``ImageClassifier``, which sets it to 0 as AutoTimm's does.
         drop_rate: dropout before the classifier (timm's ``drop_rate``).
         drop_path_rate: stochastic depth (timm's ``drop_path_rate``).
         extra_kwargs: passed on to ``timm.create_model`` (or the transformers builder), e.g. ``{"in_chans": 1}``.
@@ -21,8 +23,9 @@ class BackboneConfig:
             ``model_name`` has since been pinned to the bare architecture; informational (model cards).
     """
 
-    model_name: str
+    model_name: str = "resnet50"
     pretrained: bool = True
+    num_classes: int = 0
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     extra_kwargs: dict[str, Any] = field(default_factory=dict)

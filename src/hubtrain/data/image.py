@@ -20,7 +20,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
 
 from .transforms import build_transform, resolve_transform_config
 
@@ -34,6 +34,29 @@ TORCHVISION_FILES = {
     "FashionMNIST": "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (the four files, unzipped)",
 }
 SPLIT_ALIASES = {"train": ("train",), "val": ("val", "validation", "valid"), "test": ("test",)}
+# AutoTimm's torchvision augmentation presets -> timm create_transform arguments
+AUGMENTATION_PRESETS = {"default": {}, "autoaugment": {"auto_augment": "original"}, "randaugment": {"auto_augment": "rand-m9-mstd0.5"}}
+
+
+def _columns(columns: Sequence[str], image_column: str | None, label_column: str | None) -> tuple[str, str]:
+    """The (image, label) columns: as given, else "image" / "label" when present, else AutoTimm's rule (the first
+    column holds images, the first other column labels)."""
+    image = image_column or ("image" if "image" in columns else columns[0])
+    others = [c for c in columns if c != image]
+    label = label_column or ("label" if "label" in others else (others[0] if others else "label"))
+    return image, label
+
+
+def dataset_labels(dataset: Dataset) -> list[int]:
+    """Class index of every sample, read without loading images (for balanced sampling)."""
+    if isinstance(dataset, Subset):
+        labels = dataset_labels(dataset.dataset)
+        return [labels[i] for i in dataset.indices]
+    if isinstance(dataset, ImageListDataset):
+        return [int(label) for _, label in dataset.samples]
+    if isinstance(dataset, HFImageDataset):
+        return [dataset.label_of(raw) for raw in dataset.dataset[dataset.label_column]]
+    return [int(t) for t in dataset.targets]  # torchvision's datasets
 
 
 def load_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
@@ -103,21 +126,31 @@ class ImageDataModule(pl.LightningDataModule):
 
     Sources (exactly one):
         - ``data_dir`` with ``train/<class>/*.jpg`` (and optional ``val/``, ``test/``) - folder mode;
-        - ``train_csv`` (+ ``val_csv``, ``test_csv``) with ``image_column`` (paths, relative to the CSV's folder
-          or ``data_dir``) and ``label_column`` (class names or integers);
+        - ``train_csv`` (+ ``val_csv``, ``test_csv``) with ``image_column`` (paths, relative to ``image_dir``,
+          else ``data_dir``, else the CSV's folder) and ``label_column`` (class names or integers); the columns
+          default to "image" / "label" when present, else (as in AutoTimm) the first column and the next;
         - ``hf_dataset``: a ``datasets`` folder (``save_to_disk``), a folder of parquet files, or an image folder
           read with ``datasets``' ``imagefolder`` builder (``hf_format`` picks; ``"auto"`` guesses);
         - ``dataset_name="digits"`` (scikit-learn's digits, no download) or ``"CIFAR10"``, ``"CIFAR100"``,
           ``"MNIST"``, ``"FashionMNIST"`` (torchvision, under ``data_dir``; downloaded only when reachable).
 
     Args:
-        image_size: spatial size fed to the model (int or (H, W)); ``None`` takes it from ``transform_config``.
+        image_size: spatial size fed to the model (int or (H, W)); ``None`` takes it from ``transform_config``
+            (224 without one, AutoTimm's default).
         batch_size: per-device batch size (Lightning's batch-size finder scales this attribute).
+        num_workers, pin_memory, persistent_workers, prefetch_factor: the data loaders' (defaults 0, False, on
+            with workers, torch's; AutoTimm's: up to 4 workers, pinned memory).
         val_split: fraction of train held out for validation when the source has no validation split.
         transform_config: timm data config (``mean``, ``std``, ``interpolation``, ``crop_pct``, ``input_size``), a
             backbone, or a task; see also ``from_backbone``.
+        backbone: AutoTimm's way to normalise as a backbone expects: a backbone, a task or a name (built without
+            weights to read its data config); the same as ``transform_config=backbone``.
+        augmentation_preset: AutoTimm's torchvision presets as timm augmentation: ``"default"``,
+            ``"autoaugment"``, ``"randaugment"`` (see ``AUGMENTATION_PRESETS``); ignored with ``train_transforms``.
+        transform_backend: ``"torchvision"`` (PIL images; AutoTimm's ``"albumentations"`` is not offered).
         train_transform_kwargs: augmentation passed to ``timm.data.create_transform`` (e.g. ``{"hflip": 0.0}``).
         train_transforms / eval_transforms: callables replacing the built transforms.
+        balanced_sampling: draw training samples with replacement, weighted by 1 / class frequency.
         verify_images: open every image during ``setup`` and report all unreadable files at once.
         seed: fixes the val split and the training shuffle order.
     """
@@ -129,28 +162,48 @@ class ImageDataModule(pl.LightningDataModule):
         train_csv: str | os.PathLike | None = None,
         val_csv: str | os.PathLike | None = None,
         test_csv: str | os.PathLike | None = None,
-        image_column: str = "image",
-        label_column: str = "label",
+        image_dir: str | os.PathLike | None = None,
+        image_column: str | None = None,
+        label_column: str | None = None,
         image_size: int | tuple[int, int] | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
         val_split: float = 0.1,
-        transform_config: Any = None,
-        train_transform_kwargs: dict[str, Any] | None = None,
         train_transforms: Callable | None = None,
         eval_transforms: Callable | None = None,
+        augmentation_preset: str | None = None,
+        transform_backend: str = "torchvision",
+        transform_config: Any = None,
+        backbone: Any = None,
+        pin_memory: bool = False,
+        persistent_workers: bool | None = None,
+        prefetch_factor: int | None = None,
+        balanced_sampling: bool = False,
+        train_transform_kwargs: dict[str, Any] | None = None,
         seed: int = 42,
         hf_dataset: str | os.PathLike | Any | None = None,
         hf_format: str = "auto",
         verify_images: bool = False,
-        pin_memory: bool = False,
     ) -> None:
         super().__init__()
+        if transform_backend != "torchvision":
+            raise ValueError(f"ImageDataModule(transform_backend={transform_backend!r}): AutoTimm can augment with "
+                             "albumentations, hubtrain with timm's torchvision transforms only; use 'torchvision'.")
+        if augmentation_preset is not None and augmentation_preset not in AUGMENTATION_PRESETS:
+            raise ValueError(f"ImageDataModule(augmentation_preset={augmentation_preset!r}): hubtrain maps AutoTimm's "
+                             f"{sorted(AUGMENTATION_PRESETS)} onto timm; for others pass train_transform_kwargs "
+                             "(e.g. {'auto_augment': 'augmix-m5-w4-d2'}) or train_transforms.")
+        if backbone is not None:
+            if transform_config is not None:
+                raise ValueError("ImageDataModule: give transform_config or backbone (AutoTimm's name for the same "
+                                 "source of preprocessing), not both.")
+            transform_config = self._with_data_config(backbone)
         sources = [s for s in (dataset_name, train_csv, hf_dataset) if s is not None]
         if not sources and data_dir is not None:
             sources = [data_dir]  # folder mode; otherwise data_dir is the root of the other source
         if not sources:
-            raise ValueError("ImageDataModule: give a source: data_dir (folders), train_csv, hf_dataset or dataset_name='digits'.")
+            raise ValueError("ImageDataModule: give a source: data_dir (folders; AutoTimm's default './data' is not "
+                             "assumed), train_csv, hf_dataset or dataset_name='digits'.")
         if len(sources) > 1:
             raise ValueError(f"ImageDataModule: give one source, not several ({sources}); data_dir may accompany CSVs or dataset_name as their root.")
         if not 0.0 <= val_split < 1.0:
@@ -162,6 +215,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
         self.dataset_name = dataset_name
         self.train_csv, self.val_csv, self.test_csv = train_csv, val_csv, test_csv
+        self.image_dir = Path(image_dir).expanduser() if image_dir is not None else None
         self.image_column, self.label_column = image_column, label_column
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -170,8 +224,12 @@ class ImageDataModule(pl.LightningDataModule):
         self.hf_dataset, self.hf_format = hf_dataset, hf_format
         self.verify_images = verify_images
         self.pin_memory = pin_memory
+        self.persistent_workers = (num_workers > 0) if persistent_workers is None else (persistent_workers and num_workers > 0)
+        self.prefetch_factor = prefetch_factor
+        self.balanced_sampling = balanced_sampling
         self.transform_config = resolve_transform_config(transform_config, image_size)
-        self.train_transform_kwargs = dict(train_transform_kwargs or {})
+        self.train_transform_kwargs = {**AUGMENTATION_PRESETS.get(augmentation_preset or "default", {}),
+                                       **(train_transform_kwargs or {})}
         if dataset_name is not None and dataset_name.lower() == "digits":
             self.train_transform_kwargs.setdefault("hflip", 0.0)  # a mirrored 2 is not a 2
             self.train_transform_kwargs.setdefault("scale", (0.8, 1.0))
@@ -182,15 +240,21 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
 
+    @staticmethod
+    def _with_data_config(backbone: Any) -> Any:
+        """A backbone, a task or a dict as given; anything else ``create_backbone`` takes, built without weights just
+        to read its data config."""
+        if hasattr(getattr(backbone, "backbone", backbone), "data_config") or isinstance(backbone, dict):
+            return backbone
+        from ..backbones import create_backbone
+
+        return create_backbone(backbone, pretrained=False)
+
     @classmethod
     def from_backbone(cls, backbone: Any, **kwargs: Any) -> "ImageDataModule":
         """A data module preprocessing as ``backbone`` expects (a backbone, a task, or anything ``create_backbone``
-        takes; names are built without weights just to read their data config)."""
-        if not hasattr(getattr(backbone, "backbone", backbone), "data_config") and not isinstance(backbone, dict):
-            from ..backbones import create_backbone
-
-            backbone = create_backbone(backbone, pretrained=False)
-        return cls(transform_config=backbone, **kwargs)
+        takes); the same as ``ImageDataModule(backbone=backbone, ...)``."""
+        return cls(backbone=backbone, **kwargs)
 
     # ------------------------------------------------------------------ public properties
 
@@ -329,14 +393,15 @@ class ImageDataModule(pl.LightningDataModule):
         if not path.is_file():
             raise FileNotFoundError(f"CSV file {path} not found.")
         frame = pd.read_csv(path)
-        for column in (self.image_column, self.label_column):
+        image_column, label_column = _columns(list(frame.columns), self.image_column, self.label_column)
+        for column in (image_column, label_column):
             if column not in frame.columns:
                 raise ValueError(f"{path} has no column {column!r} (columns: {list(frame.columns)}); set image_column / label_column.")
         if frame.empty:
             raise ValueError(f"{path} has no rows.")
-        base = self.data_dir if self.data_dir is not None else path.parent
+        base = self.image_dir or self.data_dir or path.parent
         samples = []
-        for image, label in zip(frame[self.image_column], frame[self.label_column]):
+        for image, label in zip(frame[image_column], frame[label_column]):
             file = Path(str(image)).expanduser()
             file = file if file.is_absolute() else base / file
             if not file.is_file():
@@ -393,6 +458,7 @@ class ImageDataModule(pl.LightningDataModule):
                     break
         if "train" not in splits:
             raise ValueError(f"hf_dataset has splits {list(loaded)}; one must be called 'train'.")
+        self.image_column, self.label_column = _columns(splits["train"].column_names, self.image_column, self.label_column)
         for split, ds in splits.items():
             for column in (self.image_column, self.label_column):
                 if column not in ds.column_names:
@@ -479,14 +545,22 @@ class ImageDataModule(pl.LightningDataModule):
         if dataset is None:
             raise ValueError(f"there is no {split} split: add a {split}/ folder, {split}_csv, or a '{split}' split to the dataset.")
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        sampler = None
+        if shuffle and self.balanced_sampling:
+            labels = dataset_labels(dataset)
+            counts = np.bincount(labels)
+            weights = [1.0 / counts[label] for label in labels]
+            sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            generator=generator if sampler is None else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.persistent_workers,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
             # A last training batch of one sample breaks BatchNorm; drop the remainder instead.
             drop_last=shuffle and len(dataset) > self.batch_size,
         )

@@ -20,10 +20,55 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from ..metrics import MetricManager
 from ..utils import atomic_path, write_text_atomic
 
-OPTIMIZERS = {"adamw": "torch.optim.AdamW", "adam": "torch.optim.Adam", "sgd": "torch.optim.SGD"}
-SCHEDULERS = ("cosine", "step", "onecycle", "plateau")
+# AutoTimm's optimiser names: torch's five, then timm's (all resolved on demand).
+OPTIMIZERS = {
+    "adamw": "torch.optim.AdamW", "adam": "torch.optim.Adam", "sgd": "torch.optim.SGD",
+    "rmsprop": "torch.optim.RMSprop", "adagrad": "torch.optim.Adagrad",
+    "adamp": "timm.optim.AdamP", "sgdp": "timm.optim.SGDP", "adabelief": "timm.optim.AdaBelief",
+    "radam": "timm.optim.RAdam", "adahessian": "timm.optim.Adahessian", "lamb": "timm.optim.Lamb",
+    "lars": "timm.optim.Lars", "madgrad": "timm.optim.MADGRAD", "novograd": "timm.optim.NvNovoGrad",
+}
+SCHEDULERS = ("cosine", "step", "multistep", "exponential", "onecycle", "plateau", "cosine_with_restarts")
+# Hyperparameters a task records for its readers (as AutoTimm's tasks do) that are not constructor arguments.
+RECORDED_HPARAMS = ("backbone_name",)
+# AutoTimm task arguments hubtrain has no counterpart for: accepted only at their "off" value (None).
+AUTOTIMM_ONLY = {
+    "logging_config": "AutoTimm's LoggingConfig logs lr / norms / confusion matrices from the task; hubtrain has no "
+                      "LoggingConfig: pass Lightning's LearningRateMonitor callback to the trainer instead",
+    "transform_config": "AutoTimm's TransformConfig adds model.preprocess(); hubtrain keeps preprocessing in the "
+                        "data module: use ImageDataModule.from_backbone(model) (or transform_config=model there)",
+    "cls_loss_fn": "AutoTimm swaps the detector's classification loss; hubtrain's FCOS uses its focal loss: set "
+                   "focal_alpha / focal_gamma / cls_loss_weight instead",
+    "reg_loss_fn": "AutoTimm swaps the detector's box loss; hubtrain's FCOS uses GIoU: set reg_loss_weight instead",
+}
+
+
+def reject_autotimm_only(task: str, **values: Any) -> None:
+    """One-line ``ValueError`` for an AutoTimm-only argument given anything but ``None`` (see ``AUTOTIMM_ONLY``)."""
+    for name, value in values.items():
+        if value is not None:
+            raise ValueError(f"{task}({name}={value!r}): {AUTOTIMM_ONLY[name]}.")
+
+
+def apply_seed(seed: int | None, deterministic: bool) -> None:
+    """AutoTimm's task ``seed``: seed Python, NumPy and torch before the model is built; ``deterministic`` then also
+    asks torch for deterministic kernels (warning, not failing, where an op has none)."""
+    if seed is None:
+        return
+    pl.seed_everything(seed, workers=True, verbose=False)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def compile_modules(modules: list[nn.Module], compile_kwargs: dict[str, Any] | None) -> None:
+    """``torch.compile`` each module in place (``nn.Module.compile``): parameter names, so checkpoints, stay the same."""
+    for module in modules:
+        module.compile(**(compile_kwargs or {}))
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
@@ -51,6 +96,8 @@ def _split_spec(spec: str | dict, what: str) -> tuple[str, dict[str, Any]]:
 
 def to_jsonable(value: Any) -> Any:
     """Hyperparameters as plain JSON values: dataclasses (``MetricConfig``, ``BackboneConfig``) become dicts."""
+    if isinstance(value, MetricManager):
+        return to_jsonable(value.configs)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {}
         for f in dataclasses.fields(value):
@@ -76,14 +123,19 @@ class BaseTask(pl.LightningModule):
     Args:
         lr: peak learning rate (Lightning's LR finder reads and writes ``self.lr``).
         weight_decay: decoupled weight decay; never applied to biases and normalisation weights.
-        optimizer: ``"adamw"``, ``"adam"``, ``"sgd"``, a dotted ``torch.optim`` class path, or
-            ``{"class": ..., "params": {...}}``.
-        optimizer_kwargs: extra optimiser arguments (``{"momentum": 0.9}``).
-        scheduler: ``"cosine"`` (per step, to zero or ``eta_min``), ``"step"`` (per epoch), ``"onecycle"``
-            (per step), ``"plateau"`` (on the monitored metric), ``None``, or ``{"class": ..., "params": ...,
-            "interval": "epoch"}``.
-        scheduler_kwargs: e.g. ``{"warmup_steps": 100}`` or ``{"warmup_ratio": 0.05}`` (linear warm-up before
-            cosine), ``{"eta_min": 1e-6}``, ``{"step_size": 10, "gamma": 0.1}``, ``{"patience": 3}``.
+        optimizer: a name of ``OPTIMIZERS`` (AutoTimm's: ``"adamw"``, ``"adam"``, ``"sgd"``, ``"rmsprop"``,
+            ``"adagrad"`` and timm's ``"lamb"``, ``"adamp"``...), a dotted class path, or ``{"class": ..., "params": {...}}``.
+        optimizer_kwargs: extra optimiser arguments (``{"momentum": 0.9}``; SGD gets none unless asked, as in torch).
+        scheduler: ``"cosine"`` (per step, to zero or ``eta_min``), ``"step"`` (per epoch), ``"multistep"`` and
+            ``"exponential"`` (per epoch), ``"onecycle"`` (per step, peaking at ``lr``), ``"plateau"`` (on the
+            monitored metric), ``"cosine_with_restarts"`` (timm's ``CosineLRScheduler``, per epoch), ``None`` /
+            ``"none"``, or ``{"class": ..., "params": ..., "interval": "epoch"}``.
+        scheduler_kwargs: the scheduler's own arguments (``{"T_max": 500}``, ``{"step_size": 10, "gamma": 0.1}``,
+            ``{"patience": 3}``...), plus ``warmup_steps`` / ``warmup_ratio`` (linear warm-up before cosine),
+            ``interval`` and ``frequency`` (how Lightning steps it).
+
+    ``configure_optimizers`` returns Lightning's dict form, as AutoTimm's tasks do: ``{"optimizer": ...}``, plus
+    ``"lr_scheduler": {"scheduler": ..., "interval": ..., "frequency": ...}`` when there is a schedule.
     """
 
     _registry: ClassVar[dict[str, type["BaseTask"]]] = {}
@@ -109,7 +161,7 @@ class BaseTask(pl.LightningModule):
             raise ValueError(f"weight_decay={weight_decay!r}: must be >= 0.")
         name, _ = _split_spec(optimizer, "optimizer")
         if name.lower() not in OPTIMIZERS and "." not in name:
-            raise ValueError(f"optimizer={optimizer!r}: use one of {sorted(OPTIMIZERS)} or a dotted class path such as 'torch.optim.RMSprop'.")
+            raise ValueError(f"optimizer={optimizer!r}: use one of {sorted(OPTIMIZERS)} or a dotted class path such as 'torch.optim.ASGD'.")
         if scheduler is not None and not isinstance(scheduler, dict) and str(scheduler).lower() not in (*SCHEDULERS, "none"):
             raise ValueError(f"scheduler={scheduler!r}: use one of {list(SCHEDULERS)}, None, or a dict with 'class'.")
         self.lr = float(lr)
@@ -128,16 +180,23 @@ class BaseTask(pl.LightningModule):
         spec = getattr(getattr(self, "backbone", None), "backbone_spec", None)
         if spec is not None:
             self._hparams["backbone"] = spec
+            # AutoTimm's key: the name the backbone came from (timm name, "hf-hub:org/name", "hf:org/name"...).
+            self._hparams["backbone_name"] = spec.get("source") or spec["model_name"]
             if "pretrained" in self._hparams:
                 self._hparams["pretrained"] = False
         for key in list(self._hparams):
             self._hparams[key] = to_jsonable(self._hparams[key])
         self._hparams_initial = type(self._hparams)(dict(self._hparams))
 
+    @staticmethod
+    def init_kwargs(hparams: dict[str, Any]) -> dict[str, Any]:
+        """Saved hyperparameters as constructor arguments: without the keys only recorded for readers."""
+        return {k: v for k, v in hparams.items() if k not in RECORDED_HPARAMS}
+
     @property
     def init_args(self) -> dict[str, Any]:
         """Arguments that rebuild this task offline (current ``lr`` included, e.g. after the LR finder)."""
-        args = to_jsonable(dict(self.hparams))
+        args = self.init_kwargs(to_jsonable(dict(self.hparams)))
         if "lr" in args:
             args["lr"] = self.lr
         return args
@@ -162,8 +221,6 @@ class BaseTask(pl.LightningModule):
         name, kwargs = _split_spec(self.optimizer_spec, "optimizer")
         kwargs = {**kwargs, **self.optimizer_kwargs}
         cls = _import_class(OPTIMIZERS.get(name.lower(), name), "optimizer")
-        if cls is torch.optim.SGD:
-            kwargs.setdefault("momentum", 0.9)
         return cls(self._param_groups(), lr=self.lr, **kwargs)
 
     def _total_steps(self) -> int:
@@ -174,51 +231,69 @@ class BaseTask(pl.LightningModule):
         return max(1, int(steps))
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """Lightning's scheduler dict ``{"scheduler", "interval", "frequency"[, "monitor"]}``, or ``None``."""
         if self.scheduler_spec is None:
             return None
         name, kwargs = _split_spec(self.scheduler_spec, "scheduler")
         kwargs = {**kwargs, **self.scheduler_kwargs}
-        interval = kwargs.pop("interval", None)
+        out: dict[str, Any] = {"interval": kwargs.pop("interval", None), "frequency": int(kwargs.pop("frequency", 1))}
         warmup = int(kwargs.pop("warmup_steps", 0))
         warmup_ratio = float(kwargs.pop("warmup_ratio", 0.0))
+        warmup_start_factor = kwargs.pop("warmup_start_factor", 1e-3)
         lname = name.lower()
         sched = torch.optim.lr_scheduler
-        out: dict[str, Any] = {}
+        per_step = lname in ("cosine", "onecycle")
         if lname == "cosine":
-            total = self._total_steps()
+            total = kwargs.pop("T_max", None) or self._total_steps()
             warmup = warmup or int(warmup_ratio * total)
-            cosine = sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=kwargs.pop("eta_min", 0.0))
+            scheduler = sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), **kwargs)
             if warmup:
-                ramp = sched.LinearLR(optimizer, start_factor=kwargs.pop("warmup_start_factor", 1e-3), total_iters=warmup)
-                scheduler = sched.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
-            else:
-                scheduler = cosine
-            out["interval"] = "step"
+                ramp = sched.LinearLR(optimizer, start_factor=warmup_start_factor, total_iters=warmup)
+                scheduler = sched.SequentialLR(optimizer, [ramp, scheduler], milestones=[warmup])
         elif lname == "onecycle":
-            total = self._total_steps()
+            total = kwargs.pop("total_steps", None) or self._total_steps()
             pct = (warmup / total) if warmup else (warmup_ratio or kwargs.pop("pct_start", 0.3))
-            scheduler = sched.OneCycleLR(optimizer, max_lr=self.lr, total_steps=total, pct_start=pct, **kwargs)
-            out["interval"] = "step"
+            kwargs.setdefault("max_lr", self.lr)
+            scheduler = sched.OneCycleLR(optimizer, total_steps=total, pct_start=pct, **kwargs)
         elif lname == "step":
             max_epochs = self._trainer.max_epochs if self._trainer is not None else None
-            default_step = max(1, (max_epochs or 30) // 3)
-            scheduler = sched.StepLR(optimizer, step_size=kwargs.pop("step_size", default_step), gamma=kwargs.pop("gamma", 0.1))
-            out["interval"] = "epoch"
+            kwargs.setdefault("step_size", max(1, (max_epochs or 30) // 3))
+            scheduler = sched.StepLR(optimizer, **kwargs)
+        elif lname == "multistep":
+            scheduler = sched.MultiStepLR(optimizer, **{"milestones": [30, 60, 90], **kwargs})
+        elif lname == "exponential":
+            scheduler = sched.ExponentialLR(optimizer, **{"gamma": 0.95, **kwargs})
         elif lname == "plateau":
             metric, mode = self.monitor
-            scheduler = sched.ReduceLROnPlateau(optimizer, mode=mode, **kwargs)
-            out.update(interval="epoch", monitor=metric)
+            out["monitor"] = kwargs.pop("monitor", metric)
+            scheduler = sched.ReduceLROnPlateau(optimizer, mode=kwargs.pop("mode", mode), **kwargs)
+        elif lname == "cosine_with_restarts":
+            from timm.scheduler import CosineLRScheduler
+
+            max_epochs = self._trainer.max_epochs if self._trainer is not None else None
+            kwargs.setdefault("t_initial", max_epochs or 1)
+            scheduler = CosineLRScheduler(optimizer, **{"cycle_limit": 1, **kwargs})
+            out["interval"] = "epoch"  # timm's schedulers count epochs
         else:
             scheduler = _import_class(name, "scheduler")(optimizer, **kwargs)
-            out["interval"] = "epoch"
-        if interval:
-            out["interval"] = interval
+        out["interval"] = out["interval"] or ("step" if per_step else "epoch")
         return {"scheduler": scheduler, **out}
 
-    def configure_optimizers(self) -> Any:
+    def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.build_optimizer()
         scheduler = self.build_scheduler(optimizer)
-        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return {"optimizer": optimizer} if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """timm's schedulers step with the epoch number; torch's as Lightning steps them."""
+        from timm.scheduler.scheduler import Scheduler as TimmScheduler
+
+        if isinstance(scheduler, TimmScheduler):
+            scheduler.step(epoch=self.current_epoch + 1)
+        elif metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
 
     # ------------------------------------------------------------------ checkpoints keep the preprocessing
 

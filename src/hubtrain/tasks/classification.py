@@ -5,16 +5,33 @@ and calibration error work out of the box.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbones import create_backbone
+from ..backbones import BackboneConfig, create_backbone
 from ..backbones.timm_backbone import TimmBackbone
 from ..metrics import MetricConfig, MetricManager, default_classification_metrics
-from .base import BaseTask
+from .base import BaseTask, apply_seed, reject_autotimm_only
+
+# AutoTimm's loss-registry names that apply to classification -> hubtrain's loss
+LOSSES = {"cross_entropy": "ce", "ce": "ce", "bce": "bce", "bce_with_logits": "bce"}
+
+
+def _criterion(loss_fn: str | nn.Module | None, label_smoothing: float) -> nn.Module | None:
+    """AutoTimm's ``loss_fn``: a module used as is, or a registry name; ``None`` keeps the task's own loss."""
+    if loss_fn is None or isinstance(loss_fn, nn.Module):
+        return loss_fn
+    kind = LOSSES.get(str(loss_fn).lower())
+    if kind is None:
+        raise ValueError(
+            f"ImageClassifier(loss_fn={loss_fn!r}): hubtrain knows {sorted(LOSSES)} of AutoTimm's loss names; "
+            "pass any other loss as an nn.Module instance."
+        )
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing) if kind == "ce" else nn.BCEWithLogitsLoss()
 
 
 class ImageClassifier(BaseTask):
@@ -25,13 +42,24 @@ class ImageClassifier(BaseTask):
             a ``BackboneConfig`` (or its dict), a transformers model / config / ``"hf:"`` name.
         num_classes: number of classes (labels, for ``multi_label``).
         multi_label: independent sigmoid outputs and BCE loss instead of softmax and cross-entropy.
-        metrics: ``MetricConfig`` list (or dicts); ``None`` gives accuracy (+ macro F1 and top-5 on val/test).
-        lr, weight_decay, optimizer, scheduler, optimizer_kwargs, scheduler_kwargs: see ``BaseTask``.
-        label_smoothing: cross-entropy label smoothing (or BCE target smoothing for multi-label).
+        threshold: multi-label decision threshold, given to every metric that takes a ``threshold``.
+        loss_fn: AutoTimm's custom loss: an ``nn.Module`` called as ``loss_fn(logits, targets)``, or one of
+            ``LOSSES``; ``None`` keeps the built-in loss. A module is not saved in the hyperparameters (as in
+            AutoTimm): pass it again to ``load_from_checkpoint`` to keep training with it.
+        metrics: ``MetricConfig`` list (or dicts, or a ``MetricManager``); ``None`` gives accuracy (+ macro F1 and
+            top-5 on val/test).
+        logging_config, transform_config: AutoTimm-only; accepted as ``None`` (see ``base.AUTOTIMM_ONLY``).
+        lr, weight_decay, optimizer, optimizer_kwargs, scheduler, scheduler_kwargs: see ``BaseTask``.
         head_dropout: dropout before the linear head.
+        label_smoothing: cross-entropy label smoothing (or BCE target smoothing for multi-label).
         freeze_backbone: train the head only; the frozen backbone also stays in eval mode (fixed BN statistics).
-        compile_model: ``torch.compile`` the forward pass. Off by default: on CPU it costs far more than it saves.
+        mixup_alpha: when > 0, mix each training batch with a shuffled copy of itself, with a Beta(alpha, alpha)
+            weight, and weight the two targets' losses alike (AutoTimm's Mixup).
+        compile_model: ``torch.compile`` the forward pass. Off by default (AutoTimm: on): on CPU it costs far more
+            than it saves.
         compile_kwargs: passed to ``torch.compile`` (``{"mode": "max-autotune"}``, ``{"backend": "eager"}``).
+        seed: seed Python, NumPy and torch before building the model; ``deterministic`` (with a seed) also turns
+            on torch's deterministic algorithms, as in AutoTimm.
         channels_last: keep the backbone's weights and the images in channels-last memory order, which convolution
             kernels (oneDNN on CPU, cuDNN with mixed precision) run faster: about 10% per training step for resnet18
             on CPU here. Results are the same up to float rounding. ``None`` (default) turns it on for timm
@@ -47,18 +75,25 @@ class ImageClassifier(BaseTask):
         backbone: Any,
         num_classes: int,
         multi_label: bool = False,
-        metrics: Sequence[MetricConfig | dict] | None = None,
+        threshold: float = 0.5,
+        loss_fn: str | nn.Module | None = None,
+        metrics: Sequence[MetricConfig | dict] | MetricManager | None = None,
+        logging_config: Any = None,
+        transform_config: Any = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         optimizer: str | dict = "adamw",
-        scheduler: str | dict | None = "cosine",
         optimizer_kwargs: dict[str, Any] | None = None,
+        scheduler: str | dict | None = "cosine",
         scheduler_kwargs: dict[str, Any] | None = None,
-        label_smoothing: float = 0.0,
         head_dropout: float = 0.0,
+        label_smoothing: float = 0.0,
         freeze_backbone: bool = False,
+        mixup_alpha: float = 0.0,
         compile_model: bool = False,
         compile_kwargs: dict[str, Any] | None = None,
+        seed: int | None = None,
+        deterministic: bool = True,
         channels_last: bool | None = None,
         class_names: Sequence[str] | None = None,
         pretrained: bool | None = None,
@@ -71,6 +106,10 @@ class ImageClassifier(BaseTask):
             raise ValueError(f"label_smoothing={label_smoothing!r}: must lie in [0, 1).")
         if not 0.0 <= head_dropout < 1.0:
             raise ValueError(f"head_dropout={head_dropout!r}: must lie in [0, 1).")
+        if mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha={mixup_alpha!r}: must be >= 0 (0 turns Mixup off).")
+        reject_autotimm_only("ImageClassifier", logging_config=logging_config, transform_config=transform_config)
+        apply_seed(seed, deterministic)
         super().__init__(
             lr=lr,
             weight_decay=weight_decay,
@@ -84,11 +123,16 @@ class ImageClassifier(BaseTask):
         self.label_smoothing = label_smoothing
         self.class_names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
         self.freeze_backbone = freeze_backbone
+        self.mixup_alpha = float(mixup_alpha)
+        self.criterion = _criterion(loss_fn, label_smoothing)
 
+        if isinstance(backbone, BackboneConfig) and backbone.num_classes:
+            backbone = dataclasses.replace(backbone, num_classes=0)  # the head is ours, as in AutoTimm
         self.backbone = create_backbone(backbone, pretrained=pretrained)
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(self.backbone.num_features, num_classes))
         self.metrics = MetricManager(
-            metrics if metrics is not None else default_classification_metrics(num_classes, multi_label), num_classes
+            metrics if metrics is not None else default_classification_metrics(num_classes, multi_label), num_classes,
+            threshold=threshold if multi_label else None,
         )
         if freeze_backbone:
             self.backbone.requires_grad_(False)
@@ -97,7 +141,7 @@ class ImageClassifier(BaseTask):
             self.backbone.to(memory_format=torch.channels_last)
         # A compiled function, not a compiled module: parameter names (and so checkpoints) stay the same.
         self._compiled = torch.compile(self._logits, **(compile_kwargs or {})) if compile_model else None
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["loss_fn"] if isinstance(loss_fn, nn.Module) else None)
 
     @property
     def monitor(self) -> tuple[str, str]:
@@ -118,6 +162,8 @@ class ImageClassifier(BaseTask):
         return logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if self.criterion is not None:
+            return self.criterion(logits, targets.float() if self.multi_label else targets)
         if self.multi_label:
             targets = targets.float()
             if self.label_smoothing:
@@ -127,8 +173,14 @@ class ImageClassifier(BaseTask):
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         images, targets = batch[0], batch[1]
-        logits = self(images)
-        loss = self.loss(logits, targets)
+        if stage == "train" and self.mixup_alpha > 0:
+            lam = torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample().to(images.device)
+            shuffled = torch.randperm(len(images), device=images.device)
+            logits = self(lam * images + (1 - lam) * images[shuffled])
+            loss = lam * self.loss(logits, targets) + (1 - lam) * self.loss(logits, targets[shuffled])
+        else:
+            logits = self(images)
+            loss = self.loss(logits, targets)
         batch_size = len(images)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=batch_size)
         self.metrics.update(stage, self.probabilities(logits.detach()), targets.long() if self.multi_label else targets)

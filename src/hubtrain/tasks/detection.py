@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from hubtrain.backbones import create_backbone
-from hubtrain.metrics import MetricConfig
-from hubtrain.tasks.base import BaseTask
+from hubtrain.metrics import MetricConfig, MetricManager
+from hubtrain.tasks.base import BaseTask, apply_seed, compile_modules, reject_autotimm_only
 from hubtrain.tasks.heads.fcos import DEFAULT_REGRESSION_RANGES, FCOSHead, decode, fcos_loss, make_points
 from hubtrain.tasks.heads.fpn import FPN
 
@@ -34,11 +34,24 @@ class ObjectDetector(BaseTask):
         backbone: anything ``create_backbone`` takes; it must offer feature maps at three consecutive
             doubling strides (C3-C5, normally 8, 16, 32), the last three of which feed the FPN.
         num_classes: object classes, background excluded (FCOS learns background as "no class fires").
+        detection_arch: ``"fcos"`` (AutoTimm's ``"yolox"`` is not implemented: a one-line error says so).
+        cls_loss_fn, reg_loss_fn, logging_config, transform_config: AutoTimm-only; accepted as ``None``.
+        max_detections_per_image, regress_ranges: AutoTimm's names for ``max_detections`` and
+            ``regression_ranges``; when given, they win.
         fpn_channels: width of the FPN and of the head towers.
-        regression_ranges: per-level ``(min, max)`` of a location's largest box-side distance (FCOS defaults).
-        score_thresh, nms_thresh, max_detections: decoding; NMS is class-wise (``torchvision.ops.batched_nms``).
-        metrics: ``MetricConfig`` list of detection metrics updated with ``(predictions, targets)`` lists;
-            ``None`` gives COCO mAP. A metric returning a dict has each scalar logged as ``{stage}/<key>``.
+        cls_loss_weight, reg_loss_weight, centerness_loss_weight: weights of the three FCOS losses in the total.
+        regression_ranges (AutoTimm: ``regress_ranges``): per-level ``(min, max)`` of a location's largest
+            box-side distance (FCOS defaults).
+        strides: AutoTimm's FPN strides; hubtrain takes them from the backbone (P3-P7: 8 ... 128 for the usual
+            stride-32 backbones) and checks that they agree.
+        score_thresh, nms_thresh, max_detections (AutoTimm: ``max_detections_per_image``): decoding; NMS is
+            class-wise (``torchvision.ops.batched_nms``).
+        metrics: ``MetricConfig`` list (or a ``MetricManager``) of detection metrics updated with
+            ``(predictions, targets)`` lists; ``None`` gives COCO mAP. A metric returning a dict has each scalar
+            logged as ``{stage}/<key>``.
+        compile_model, compile_kwargs: ``torch.compile`` backbone, FPN and head in place (off by default;
+            AutoTimm: on).
+        seed, deterministic: as in ``ImageClassifier``.
         lr, weight_decay, optimizer, scheduler, optimizer_kwargs, scheduler_kwargs: see ``BaseTask``.
         freeze_backbone: train FPN and head only; the frozen backbone stays in eval mode.
         class_names: written to ``config.json`` (``id2label``).
@@ -52,29 +65,49 @@ class ObjectDetector(BaseTask):
         backbone: Any = "resnet18",
         num_classes: int = 80,
         detection_arch: str = "fcos",
-        fpn_channels: int = 256,
-        head_num_convs: int = 4,
-        regression_ranges: Sequence[Sequence[float]] | None = None,
-        center_sampling_radius: float = 1.5,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.6,
-        max_detections: int = 100,
-        pre_nms_top_n: int = 1000,
-        metrics: Sequence[MetricConfig | dict] | None = None,
-        lr: float = 1e-3,
+        cls_loss_fn: Any = None,
+        reg_loss_fn: Any = None,
+        metrics: Sequence[MetricConfig | dict] | MetricManager | None = None,
+        logging_config: Any = None,
+        transform_config: Any = None,
+        lr: float = 1e-4,
         weight_decay: float = 1e-4,
         optimizer: str | dict = "adamw",
-        scheduler: str | dict | None = "cosine",
         optimizer_kwargs: dict[str, Any] | None = None,
+        scheduler: str | dict | None = "cosine",
         scheduler_kwargs: dict[str, Any] | None = None,
+        fpn_channels: int = 256,
+        head_num_convs: int = 4,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        cls_loss_weight: float = 1.0,
+        reg_loss_weight: float = 1.0,
+        centerness_loss_weight: float = 1.0,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        max_detections_per_image: int | None = None,
         freeze_backbone: bool = False,
+        strides: Sequence[int] | None = None,
+        regress_ranges: Sequence[Sequence[float]] | None = None,
+        compile_model: bool = False,
+        compile_kwargs: dict[str, Any] | None = None,
+        seed: int | None = None,
+        deterministic: bool = True,
+        max_detections: int = 100,
+        regression_ranges: Sequence[Sequence[float]] | None = None,
+        center_sampling_radius: float = 1.5,
+        pre_nms_top_n: int = 1000,
         class_names: Sequence[str] | None = None,
         pretrained: bool | None = None,
     ) -> None:
         if detection_arch not in DETECTION_ARCHS:
-            raise ValueError(f"detection_arch={detection_arch!r} is not supported; use one of {DETECTION_ARCHS}.")
+            raise ValueError(f"detection_arch={detection_arch!r}: AutoTimm also offers 'yolox', hubtrain implements "
+                             f"{list(DETECTION_ARCHS)} only; use detection_arch='fcos'.")
+        reject_autotimm_only("ObjectDetector", cls_loss_fn=cls_loss_fn, reg_loss_fn=reg_loss_fn,
+                             logging_config=logging_config, transform_config=transform_config)
+        # AutoTimm's names for two of ours: when given, they win.
+        max_detections = max_detections_per_image if max_detections_per_image is not None else max_detections
+        regression_ranges = regress_ranges if regress_ranges is not None else regression_ranges
         if num_classes < 1:
             raise ValueError(f"num_classes={num_classes}: need at least one object class.")
         if class_names is not None and len(class_names) != num_classes:
@@ -82,10 +115,12 @@ class ObjectDetector(BaseTask):
         ranges = [tuple(float(v) for v in r) for r in (regression_ranges or DEFAULT_REGRESSION_RANGES)]
         if len(ranges) != 5:
             raise ValueError(f"regression_ranges needs 5 (min, max) pairs, one per level P3-P7; got {len(ranges)}.")
+        apply_seed(seed, deterministic)
         super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
                          optimizer_kwargs=optimizer_kwargs, scheduler_kwargs=scheduler_kwargs)
         self.freeze_backbone = freeze_backbone
         self.num_classes = num_classes
+        self.loss_weights = {"loss_cls": cls_loss_weight, "loss_box": reg_loss_weight, "loss_ctr": centerness_loss_weight}
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         self.regression_ranges = ranges
         self.center_sampling_radius, self.focal_alpha, self.focal_gamma = center_sampling_radius, focal_alpha, focal_gamma
@@ -93,14 +128,18 @@ class ObjectDetector(BaseTask):
         self.max_detections, self.pre_nms_top_n = max_detections, pre_nms_top_n
 
         self.backbone = create_backbone(backbone, pretrained=pretrained, features_only=True)
-        channels, strides = list(self.backbone.feature_channels), list(self.backbone.feature_strides)
-        if len(strides) < 3 or strides[-1] != 2 * strides[-2] or strides[-2] != 2 * strides[-3]:
+        channels, levels = list(self.backbone.feature_channels), list(self.backbone.feature_strides)
+        if len(levels) < 3 or levels[-1] != 2 * levels[-2] or levels[-2] != 2 * levels[-3]:
             raise ValueError(
-                f"backbone feature strides {strides}: FCOS needs three levels at doubling strides (e.g. 8, 16, 32); "
+                f"backbone feature strides {levels}: FCOS needs three levels at doubling strides (e.g. 8, 16, 32); "
                 "use a hierarchical backbone (ResNet, ConvNeXt, EfficientNet, Swin...)."
             )
-        self.fpn = FPN(channels[-3:], strides[-3:], fpn_channels)
+        self.fpn = FPN(channels[-3:], levels[-3:], fpn_channels)
+        if strides is not None and list(strides) != list(self.fpn.strides):
+            raise ValueError(f"ObjectDetector(strides={tuple(strides)}): hubtrain's FPN takes its strides from the "
+                             f"backbone, here {tuple(self.fpn.strides)}; leave strides=None or pick a backbone with those.")
         self.head = FCOSHead(fpn_channels, num_classes, self.fpn.strides, head_num_convs)
+        metrics = metrics.configs if isinstance(metrics, MetricManager) else metrics
         metric_configs = [MetricConfig(**m) if isinstance(m, dict) else m
                           for m in (metrics if metrics is not None else default_detection_metrics())]
         self.metric_configs = metric_configs
@@ -109,6 +148,8 @@ class ObjectDetector(BaseTask):
         )
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+        if compile_model:
+            compile_modules([self.backbone, self.fpn, self.head], compile_kwargs)
         self.save_hyperparameters()
 
     @property
@@ -137,7 +178,7 @@ class ObjectDetector(BaseTask):
         outputs, points, level_sizes = self._raw(images)
         losses = fcos_loss({k: v.float() for k, v in outputs.items()}, points, targets, self.num_classes,
                            self.focal_alpha, self.focal_gamma, self.center_sampling_radius)
-        loss = losses["loss_cls"] + losses["loss_box"] + losses["loss_ctr"]
+        loss = sum(weight * losses[key] for key, weight in self.loss_weights.items())
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(images))
         for key in ("loss_cls", "loss_box", "loss_ctr"):

@@ -17,11 +17,14 @@ from torchmetrics.classification import MulticlassJaccardIndex
 
 from hubtrain.backbones import BackboneConfig, create_backbone
 from hubtrain.metrics import MetricConfig, MetricManager
-from hubtrain.tasks.base import BaseTask
+from hubtrain.tasks.base import BaseTask, apply_seed, compile_modules, reject_autotimm_only
 from hubtrain.tasks.heads.segmentation import DeepLabV3PlusHead, FCNHead
 from hubtrain.tasks.losses import SegmentationLoss
 
 HEAD_TYPES = ("deeplabv3plus", "fcn")
+# AutoTimm's loss-registry names for segmentation -> hubtrain's loss_type
+LOSSES = {"cross_entropy": "ce", "ce": "ce", "dice": "dice", "focal_pixelwise": "focal", "focal": "focal",
+          "combined_segmentation": "combined", "combined": "combined"}
 
 
 def _is_timm_spec(spec: Any) -> bool:
@@ -61,9 +64,15 @@ class SemanticSegmentor(BaseTask):
             ``BackboneConfig``, transformers model / config / ``hf:`` name).
         num_classes: number of classes, background included.
         head_type: ``"deeplabv3plus"`` (ASPP + stride-4 decoder) or ``"fcn"``.
-        loss_type: ``"ce"``, ``"dice"``, ``"focal"`` or ``"combined"`` (CE + dice).
+        loss_fn: AutoTimm's custom loss: an ``nn.Module`` called as ``loss_fn(logits, masks)`` (not saved in the
+            hyperparameters, as in AutoTimm), or a name of ``LOSSES``, which replaces ``loss_type``.
+        loss_type: ``"ce"``, ``"dice"``, ``"focal"`` or ``"combined"`` (``ce_weight`` * CE + ``dice_weight`` * dice;
+            the default, as in AutoTimm).
         ignore_index: mask value excluded from loss and metrics (``None`` for none).
         class_weights: per-class weights for CE / focal.
+        logging_config, transform_config: AutoTimm-only; accepted as ``None`` (see ``base.AUTOTIMM_ONLY``).
+        compile_model, compile_kwargs: ``torch.compile`` backbone and head in place (off by default; AutoTimm: on).
+        seed, deterministic: as in ``ImageClassifier``.
         output_stride: encoder stride for timm backbones (16 dilates the last stage, as in DeepLabV3+);
             transformers backbones keep their own strides, and the head adapts to the stride they report.
             ``model.encoder_stride`` is the stride obtained, ``model.decoder_stride`` that of the logits.
@@ -83,19 +92,27 @@ class SemanticSegmentor(BaseTask):
         backbone: Any = "resnet18",
         num_classes: int = 2,
         head_type: str = "deeplabv3plus",
-        loss_type: str = "ce",
+        loss_fn: str | nn.Module | None = None,
+        loss_type: str = "combined",
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
         ignore_index: int | None = 255,
         class_weights: Sequence[float] | None = None,
-        dice_weight: float = 1.0,
-        focal_gamma: float = 2.0,
-        metrics: Sequence[MetricConfig | dict] | None = None,
-        lr: float = 1e-3,
+        metrics: Sequence[MetricConfig | dict] | MetricManager | None = None,
+        logging_config: Any = None,
+        transform_config: Any = None,
+        lr: float = 1e-4,
         weight_decay: float = 1e-4,
         optimizer: str | dict = "adamw",
-        scheduler: str | dict | None = "cosine",
         optimizer_kwargs: dict[str, Any] | None = None,
+        scheduler: str | dict | None = "cosine",
         scheduler_kwargs: dict[str, Any] | None = None,
         freeze_backbone: bool = False,
+        compile_model: bool = False,
+        compile_kwargs: dict[str, Any] | None = None,
+        seed: int | None = None,
+        deterministic: bool = True,
+        focal_gamma: float = 2.0,
         output_stride: int = 16,
         aspp_channels: int = 256,
         decoder_channels: int = 256,
@@ -104,6 +121,12 @@ class SemanticSegmentor(BaseTask):
         class_names: Sequence[str] | None = None,
         pretrained: bool | None = None,
     ) -> None:
+        reject_autotimm_only("SemanticSegmentor", logging_config=logging_config, transform_config=transform_config)
+        if isinstance(loss_fn, str):
+            if loss_fn.lower() not in LOSSES:
+                raise ValueError(f"SemanticSegmentor(loss_fn={loss_fn!r}): hubtrain knows {sorted(LOSSES)} of AutoTimm's "
+                                 "loss names; pass any other loss as an nn.Module instance.")
+            loss_type = LOSSES[loss_fn.lower()]
         if head_type not in HEAD_TYPES:
             raise ValueError(f"head_type={head_type!r} is not supported; use one of {HEAD_TYPES}.")
         if num_classes < 2:
@@ -114,6 +137,7 @@ class SemanticSegmentor(BaseTask):
             raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}.")
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride={output_stride}: use 8, 16 or 32.")
+        apply_seed(seed, deterministic)
         super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler,
                          optimizer_kwargs=optimizer_kwargs, scheduler_kwargs=scheduler_kwargs)
         self.freeze_backbone = freeze_backbone
@@ -133,7 +157,8 @@ class SemanticSegmentor(BaseTask):
         else:
             self.head = FCNHead(channels, strides, num_classes, dropout=head_dropout)
         self.encoder_stride = strides[-1]
-        self.criterion = SegmentationLoss(loss_type, ignore_index, class_weights, focal_gamma, 1.0, dice_weight)
+        self.criterion = (loss_fn if isinstance(loss_fn, nn.Module)
+                          else SegmentationLoss(loss_type, ignore_index, class_weights, focal_gamma, ce_weight, dice_weight))
         self.metrics = MetricManager(
             metrics if metrics is not None else default_segmentation_metrics(num_classes, ignore_index), num_classes
         )
@@ -142,7 +167,9 @@ class SemanticSegmentor(BaseTask):
         })
         if freeze_backbone:
             self.backbone.requires_grad_(False)
-        self.save_hyperparameters()
+        if compile_model:
+            compile_modules([self.backbone, self.head], compile_kwargs)
+        self.save_hyperparameters(ignore=["loss_fn"] if isinstance(loss_fn, nn.Module) else None)
 
     @property
     def monitor(self) -> tuple[str, str]:

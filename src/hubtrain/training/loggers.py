@@ -6,9 +6,9 @@ MLflow uses a local SQLite store in the run directory, Weights & Biases runs off
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
@@ -35,12 +35,19 @@ def _check_installed(backend: str) -> None:
 
 @dataclass
 class LoggerConfig:
-    """One logger. ``params`` go to the Lightning logger's constructor (``save_dir``, ``name``, ``project``, ...)."""
+    """One logger. ``params`` go to the Lightning logger's constructor (``save_dir``, ``name``, ``project``, ...).
+
+    As in AutoTimm, ``backend`` is case-insensitive and ``params`` defaults to ``{}``; unlike AutoTimm, no key is
+    required (``save_dir`` defaults to the run directory, MLflow to a local store).
+    """
 
     backend: str
-    params: dict[str, Any] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.backend = str(self.backend).lower()
+        if self.params is None:
+            self.params = {}
         if self.backend not in BACKENDS:
             raise ValueError(f"LoggerConfig: unknown backend={self.backend!r}; use one of {list(BACKENDS)}")
         if self.params is not None and not isinstance(self.params, dict):
@@ -88,7 +95,12 @@ class LoggerConfig:
 
 
 class LoggerManager:
-    """A list of ``LoggerConfig`` (or dicts, or ready Lightning loggers) turned into loggers for one run."""
+    """A list of ``LoggerConfig`` (or dicts, or ready Lightning loggers) turned into loggers for one run.
+
+    ``AutoTrainer`` builds them per run (``build(run_dir)``). AutoTimm's reading side is here too: ``loggers`` (built
+    once, on first use, writing where ``params`` say or under the current directory), ``len``, iteration, indexing
+    and ``get_logger_by_backend``.
+    """
 
     def __init__(self, configs: Sequence[LoggerConfig | dict | Logger]) -> None:
         if isinstance(configs, (LoggerConfig, Logger, dict)):
@@ -105,9 +117,30 @@ class LoggerManager:
                 _check_installed(cfg.backend)  # fail when the trainer is built, not after the first epoch
             parsed.append(cfg)
         self.configs = parsed
+        self._loggers: list[Logger] | None = None
 
     def build(self, save_dir: str | Path) -> list[Logger]:
         return [cfg.build(save_dir) if isinstance(cfg, LoggerConfig) else cfg for cfg in self.configs]
+
+    @property
+    def loggers(self) -> list[Logger]:
+        """The loggers, built on first use (``pl.Trainer(logger=manager.loggers)`` as in AutoTimm)."""
+        if self._loggers is None:
+            self._loggers = self.build(Path.cwd())
+        return self._loggers
+
+    def get_logger_by_backend(self, backend: str) -> Logger | None:
+        """The first of ``loggers`` built from a config with this backend (``None`` when there is none)."""
+        for cfg, logger in zip(self.configs, self.loggers):
+            if isinstance(cfg, LoggerConfig) and cfg.backend == backend.lower():
+                return logger
+        return None
+
+    def __iter__(self) -> Iterator[Logger]:
+        return iter(self.loggers)
+
+    def __getitem__(self, index: int) -> Logger:
+        return self.loggers[index]
 
     def __len__(self) -> int:
         return len(self.configs)

@@ -7,7 +7,13 @@ What it adds to Lightning, and nothing else:
 * a ``ModelCheckpoint`` on the model's own ``monitor`` (``("val/accuracy", "max")`` for a classifier; ``val/loss``
   or the latest epoch for plain LightningModules) unless you pass one, with file names that carry the real values;
 * ``logger`` may be Lightning loggers, ``LoggerConfig`` objects or a ``LoggerManager``;
-* ``TunerConfig`` runs Lightning's LR finder / batch-size scaler before ``fit``; ``seed`` calls ``seed_everything``.
+* ``TunerConfig`` runs Lightning's LR finder / batch-size scaler before ``fit``; ``seed`` calls ``seed_everything``
+  at the start of ``fit`` and ``test``;
+* ``test`` evaluates the best checkpoint of the last ``fit`` by default (``ckpt_path="best"``), as AutoTimm's does.
+
+AutoTimm's arguments mean what they mean there (``tuner_config=False`` / ``True``, ``checkpoint_monitor="auto"`` /
+``None``, ``use_autotimm_seeding``, ``json_progress``...), except that ``tuner_config=None`` (the default) tunes
+nothing: pass ``tuner_config=True`` for AutoTimm's default tuning.
 
 The trainer knows nothing about tasks beyond the optional ``monitor`` attribute.
 """
@@ -98,11 +104,19 @@ class AutoTrainer(pl.Trainer):
         logger: ``None``/``True`` for a CSV logger in the run directory, ``False`` for none, or Lightning loggers,
             ``LoggerConfig`` objects (a list may mix them) or a ``LoggerManager``. A CSV logger writing
             ``metrics.csv`` into the run directory is always added unless ``logger=False``.
-        tuner_config: LR finder / batch-size scaling before ``fit`` (off unless asked).
-        seed: when given, ``pl.seed_everything(seed, workers=True)`` here, before data and training.
+        tuner_config: a ``TunerConfig``; ``True`` for AutoTimm's default (LR finder, plus batch-size scaling when
+            CUDA is available); ``None`` (default) or ``False`` for no tuning. ``fast_dev_run`` turns tuning off.
+        seed: when given, ``pl.seed_everything(seed, workers=True)`` at the start of ``fit`` and ``test``.
+        use_autotimm_seeding: AutoTimm's choice between its own seeding and Lightning's; both seed Python, NumPy
+            and torch alike, so hubtrain takes either value and seeds with Lightning's.
+        json_progress, json_progress_every_n_steps, json_progress_log_file: AutoTimm's NDJSON progress events for
+            its desktop front end; hubtrain has none, so ``json_progress=True`` is a one-line error.
         default_root_dir: root of the run folders (default ``"runs"``).
         run_name: folder name under the root (default: the model class name, lower case).
-        checkpoint_monitor, checkpoint_mode: override the model's ``monitor`` for the automatic checkpoint.
+        checkpoint_monitor: the metric of the automatic checkpoint; ``"auto"`` (default) follows the model's
+            ``monitor``, ``None`` keeps only Lightning's own checkpoint of the latest epoch (AutoTimm's meanings).
+        checkpoint_mode: ``"min"`` or ``"max"`` for a named ``checkpoint_monitor`` (inferred from its name when
+            ``None``); ignored under ``"auto"``, as in AutoTimm.
         plot_curves: write ``training_curves.png`` at the end of ``fit``.
         **trainer_kwargs: anything else ``pytorch_lightning.Trainer`` accepts (``strategy``, ``limit_train_batches``...).
     """
@@ -116,26 +130,31 @@ class AutoTrainer(pl.Trainer):
         accumulate_grad_batches: int = 1,
         callbacks: list[Callback] | Callback | None = None,
         logger: LoggerSpec = None,
-        tuner_config: TunerConfig | None = None,
+        tuner_config: TunerConfig | bool | None = None,
         seed: int | None = None,
         default_root_dir: str | Path | None = None,
         run_name: str | None = None,
-        checkpoint_monitor: str | None = None,
+        checkpoint_monitor: str | None = "auto",
         checkpoint_mode: str | None = None,
         enable_checkpointing: bool = True,
         fast_dev_run: bool | int = False,
         plot_curves: bool = True,
+        use_autotimm_seeding: bool = False,
+        json_progress: bool = False,
+        json_progress_every_n_steps: int = 10,
+        json_progress_log_file: str | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         if checkpoint_mode is not None and checkpoint_mode not in ("min", "max"):
             raise ValueError(f"AutoTrainer: checkpoint_mode={checkpoint_mode!r} is invalid; use 'min' or 'max'")
-        if tuner_config is not None and not isinstance(tuner_config, TunerConfig):
-            raise ValueError(f"AutoTrainer: tuner_config must be a TunerConfig, got {type(tuner_config).__name__}")
-        if seed is not None:
-            pl.seed_everything(seed, workers=True)
+        if json_progress:
+            raise ValueError(
+                "AutoTrainer(json_progress=True): AutoTimm prints NDJSON progress events for its front end, hubtrain "
+                "has none; use logger=LoggerConfig('csv') (metrics.csv) or a Lightning callback of your own."
+            )
 
         self._logger_manager = self._parse_logger(logger)
-        self.tuner_config = tuner_config
+        self.tuner_config = None if fast_dev_run else self._parse_tuner(tuner_config)
         self.seed = seed
         self.run_name = run_name
         self.root_dir = Path(default_root_dir) if default_root_dir is not None else Path("runs")
@@ -174,6 +193,19 @@ class AutoTrainer(pl.Trainer):
         ]
 
     # ------------------------------------------------------------------ run directory and loggers
+    @staticmethod
+    def _parse_tuner(tuner_config: TunerConfig | bool | None) -> TunerConfig | None:
+        if tuner_config is None or tuner_config is False:
+            return None
+        if tuner_config is True:  # AutoTimm's default: batch-size probing only where there is GPU memory to probe
+            return TunerConfig(auto_batch_size=torch.cuda.is_available())
+        if isinstance(tuner_config, TunerConfig):
+            return tuner_config
+        raise ValueError(
+            f"AutoTrainer: tuner_config={tuner_config!r}; give a TunerConfig, True (AutoTimm's default tuning), "
+            "or None / False (no tuning)"
+        )
+
     @staticmethod
     def _parse_logger(logger: LoggerSpec) -> LoggerManager | None:
         if logger is False:
@@ -240,20 +272,21 @@ class AutoTrainer(pl.Trainer):
             make_slash_safe(cb)
             if cb.dirpath is None:
                 cb.dirpath = ckpt_dir
-        if self._user_checkpoints and (self.checkpoint_monitor or self.checkpoint_mode):
+        if self._user_checkpoints and (self.checkpoint_monitor not in (None, "auto") or self.checkpoint_mode):
             rank_zero_warn(
                 "AutoTrainer: checkpoint_monitor/checkpoint_mode are ignored because you passed your own ModelCheckpoint;"
                 " set monitor/mode on it instead"
             )
         if self._user_checkpoints or not self._enable_checkpointing or self.fast_dev_run:
             return  # (Lightning's on_train_end would still write a save_last file under fast_dev_run)
+        if self.checkpoint_monitor is None:
+            return  # AutoTimm's checkpoint_monitor=None: no monitored checkpoint, Lightning's own (latest epoch) stays
         self.callbacks = [cb for cb in self.callbacks if cb not in self._lightning_default_checkpoints]
-        if self.checkpoint_monitor is not None:
+        if self.checkpoint_monitor != "auto":
             mode = self.checkpoint_mode or ("min" if "loss" in self.checkpoint_monitor else "max")
             checkpoint = AutoModelCheckpoint([(self.checkpoint_monitor, mode)], strict=True, dirpath=ckpt_dir)
         elif (monitor := _model_monitor(model)) is not None:
-            name, mode = monitor
-            checkpoint = AutoModelCheckpoint([(name, self.checkpoint_mode or mode)], dirpath=ckpt_dir)
+            checkpoint = AutoModelCheckpoint([monitor], dirpath=ckpt_dir)
         else:
             # a plain LightningModule: best val loss if it logs one, else the latest epoch
             checkpoint = AutoModelCheckpoint([("val/loss", "min"), ("val_loss", "min")], warn_if_missing=False, dirpath=ckpt_dir)
@@ -275,6 +308,7 @@ class AutoTrainer(pl.Trainer):
             self._start_new_run()
         self._prepare_run(model)
         self._prepare_checkpoints(model)
+        self._seed()
         if self.tuner_config is not None and self.tuner_config.enabled:
             if ckpt_path is not None:
                 rank_zero_warn("AutoTrainer: tuner_config is skipped when resuming from ckpt_path (the run is already tuned)")
@@ -318,9 +352,26 @@ class AutoTrainer(pl.Trainer):
         self._prepare_run(model)
         return super().validate(model, *args, **kwargs)
 
-    def test(self, model: pl.LightningModule | None = None, *args: Any, **kwargs: Any) -> Any:
+    def _seed(self) -> None:
+        if self.seed is not None:
+            pl.seed_everything(self.seed, workers=True)
+
+    def test(
+        self,
+        model: pl.LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | Path | None = "best",
+        verbose: bool = True,
+        datamodule: pl.LightningDataModule | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Lightning's ``test``, on the best checkpoint of the last ``fit`` by default (AutoTimm's ``"best"``); with
+        no such checkpoint (no fit, no monitored checkpoint) it tests the weights at hand, as ``ckpt_path=None``."""
         self._prepare_run(model)
-        return super().test(model, *args, **kwargs)
+        self._seed()
+        if ckpt_path == "best" and not any(getattr(cb, "best_model_path", "") for cb in self.checkpoint_callbacks):
+            ckpt_path = None
+        return super().test(model, dataloaders, ckpt_path, verbose, datamodule, **kwargs)
 
     def predict(self, model: pl.LightningModule | None = None, *args: Any, **kwargs: Any) -> Any:
         self._prepare_run(model)

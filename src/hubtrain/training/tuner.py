@@ -21,19 +21,31 @@ if TYPE_CHECKING:
     from pytorch_lightning.tuner.lr_finder import _LRFinder
 
 
+# AutoTimm's defaults for the two searches, filled in when a TunerConfig is given none.
+LR_FIND_DEFAULTS = {"min_lr": 1e-7, "max_lr": 1.0, "num_training": 100, "mode": "exponential", "early_stop_threshold": 4.0}
+BATCH_SIZE_DEFAULTS = {"mode": "power", "steps_per_trial": 3, "init_val": 16, "max_trials": 25}
+
+
 @dataclass
 class TunerConfig:
-    """What to tune before training. Both searches are off unless asked for.
+    """What to tune before training, with AutoTimm's defaults: both searches on.
 
     ``lr_find_kwargs`` go to ``Tuner.lr_find`` (``min_lr``, ``max_lr``, ``num_training``, ``mode``,
     ``early_stop_threshold``, ``attr_name``); ``batch_size_kwargs`` to ``Tuner.scale_batch_size`` (``mode``,
-    ``steps_per_trial``, ``init_val``, ``max_trials``, ``batch_arg_name``).
+    ``steps_per_trial``, ``init_val``, ``max_trials``, ``batch_arg_name``). Left as ``None`` they become
+    ``LR_FIND_DEFAULTS`` / ``BATCH_SIZE_DEFAULTS``; a dict given replaces them whole, as in AutoTimm.
     """
 
-    auto_lr: bool = False
-    auto_batch_size: bool = False
+    auto_lr: bool = True
+    auto_batch_size: bool = True
     lr_find_kwargs: dict[str, Any] | None = None
     batch_size_kwargs: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr_find_kwargs is None:
+            self.lr_find_kwargs = dict(LR_FIND_DEFAULTS)
+        if self.batch_size_kwargs is None:
+            self.batch_size_kwargs = dict(BATCH_SIZE_DEFAULTS)
 
     @property
     def enabled(self) -> bool:
