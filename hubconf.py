@@ -34,38 +34,18 @@ DEFAULT_REPO_IDS = {
 
 
 def _from_hub(repo_id: str, **overrides):
-    """``ResNetBKForCausalLM.from_pretrained(repo_id)``, cache first; a one-line OfflineModelError when impossible."""
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
+    """The preset's pretrained weights through hubtrain's one loader: the local cache first, the Hub only if allowed
+    and reachable (a one-line OfflineModelError otherwise), safetensors only, hubtrain's own modeling code."""
+    from hubtrain.artifacts import resolve_folder
     from hubtrain.errors import OfflineModelError
-    from hubtrain.models.resnet_bk import ResNetBKForCausalLM
+    from hubtrain.models import build_causal_lm
 
-    try:  # the cache answers without touching the network
-        folder = snapshot_download(repo_id, local_files_only=True)
-    except LocalEntryNotFoundError:
-        folder = None
-    if folder is None:
-        if constants.HF_HUB_OFFLINE:
-            raise OfflineModelError(
-                f"pretrained ResNet-BK weights {repo_id!r} are not in the local Hugging Face cache "
-                f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading them; "
-                "download them once with network access (huggingface-cli download "
-                f"{repo_id}), pass repo_id= of a cached repo, or use pretrained=False for a randomly initialised model")
-        try:
-            folder = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.py", "*.txt",
-                                                                "*.model", "README.md"])
-        except (OSError, HfHubHTTPError, RepositoryNotFoundError, ValueError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise OfflineModelError(
-                f"pretrained ResNet-BK weights {repo_id!r} are neither in the local Hugging Face cache nor "
-                f"downloadable ({type(err).__name__}: {reason}); check the repo id and your network / HF_TOKEN, "
-                "or use pretrained=False for a randomly initialised model") from err
-    if not any(Path(folder).glob("*.safetensors")):
+    folder = resolve_folder(repo_id)
+    if not any(folder.glob("*.safetensors")):
         raise OfflineModelError(
-            f"the cached snapshot of {repo_id!r} at {folder} holds no safetensors weights; re-download it "
-            f"(huggingface-cli download {repo_id}) or use pretrained=False for a randomly initialised model")
-    return ResNetBKForCausalLM.from_pretrained(folder, **overrides)
+            f"the snapshot of {repo_id!r} at {folder} holds no safetensors weights; re-download it "
+            f"(hf download {repo_id}) or use pretrained=False for a randomly initialised model")
+    return build_causal_lm(str(folder), **overrides)
 
 
 def _preset(size: str, pretrained: bool, repo_id: str | None, overrides: dict):

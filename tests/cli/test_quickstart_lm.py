@@ -34,12 +34,12 @@ def test_quickstart_lm_fast_end_to_end(tmp_path, monkeypatch, capsys, one_thread
     assert "import " in printed and str(out) in printed
 
     files = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "loss_curve.png"} <= files
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "training_curves.png"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)  # weights as safetensors only
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "resnet_bk" and config["vocab_size"] == 384
     card = (out / "README.md").read_text()
-    assert card.startswith("---\n") and "pipeline_tag: text-generation" in card and "loss_curve.png" in card
+    assert card.startswith("---\n") and "pipeline_tag: text-generation" in card and "training_curves.png" in card
     assert math.isclose(float(card.split("| val/perplexity | ")[1].split(" |")[0]), ppl, rel_tol=1e-2)
 
     model = AutoModelForCausalLM.from_pretrained(out).eval()

@@ -13,14 +13,7 @@ import torch
 import yaml
 from huggingface_hub import snapshot_download
 
-from hubtrain.hub import (
-    HubError,
-    batch_upload_models,
-    create_model_card,
-    load_checkpoint_model,
-    push_to_hub,
-    upload_model_to_hub,
-)
+from hubtrain.hub import HubError, batch_upload_models, push_to_hub, upload_model_to_hub
 
 METRICS_CSV = """epoch,step,train/loss,val/loss,val/accuracy
 0,9,1.05,,
@@ -186,35 +179,3 @@ def test_batch_upload_reports_each_checkpoint_and_exits_non_zero_on_failure(loca
                          text=True, env={**_clean_env(), "HF_TOKEN": local_hub.token, "HF_HUB_DISABLE_XET": "1"}, timeout=300)
     assert cli.returncode == 1, cli.stderr
     assert "uploaded 2, failed 1" in cli.stdout and "FAILED" in cli.stdout and local_hub.token not in cli.stdout + cli.stderr
-
-
-class NotATensor:
-    """Pickling this would run code on load; weights_only=True must refuse it."""
-
-
-def test_checkpoints_are_read_safely(tmp_path, resnet_bk):
-    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*missing.pt"):
-        load_checkpoint_model(tmp_path / "missing.pt", model_size="1M")
-    (tmp_path / "cut.pt").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(ValueError, match=r"cannot read checkpoint .*cut.pt"):
-        load_checkpoint_model(tmp_path / "cut.pt", model_size="1M")
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "evil": NotATensor()}, tmp_path / "pickled.pt")
-    with pytest.raises(ValueError, match="not a weights-only PyTorch checkpoint"):
-        load_checkpoint_model(tmp_path / "pickled.pt", model_size="1M")
-    (tmp_path / "weights.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
-    with pytest.raises(ValueError, match="corrupt safetensors"):
-        load_checkpoint_model(tmp_path / "weights.safetensors", model_size="1M")
-    torch.save(resnet_bk.state_dict(), tmp_path / "anonymous.pt")
-    with pytest.raises(ValueError, match="cannot tell which model"):
-        load_checkpoint_model(tmp_path / "anonymous.pt")
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        upload_model_to_hub(tmp_path / "nothing.ckpt", "alice/x", token="hf_x")
-
-
-def test_model_card_without_push(classifier, tmp_path):
-    card = create_model_card(classifier, "alice/card-only", output_dir=tmp_path)
-    meta = _front_matter(str(card))
-    assert meta["pipeline_tag"] == "image-classification" and "model-index" not in meta  # no metrics, no results
-    assert (tmp_path / "README.md").read_text() == str(card)
-    with pytest.raises(ValueError, match="repo_id must look like 'namespace/name'"):
-        create_model_card(classifier, "no-namespace")

@@ -42,14 +42,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hubtrain.export import ExportError, export_model_for_deployment, markdown_table
-    from hubtrain.export.loading import load_model
+    from hubtrain.artifacts import load
 
     formats = {"onnx", "torchscript", "tensorrt"} if "all" in args.format else set(args.format)
     wanted = ["onnx"] + (["onnx-optimized"] if args.optimize != "none" else [])
     wanted += [f for f in ("torchscript", "tensorrt") if f in formats]
     output = Path(args.output_dir) if args.output_dir else Path(f"{Path(args.model).name.removesuffix(Path(args.model).suffix)}-export")
     try:
-        model = load_model(args.model, model_size=args.model_size, task=args.task)
+        model = load(args.model, model_size=args.model_size, task=args.task)
         if "tensorrt" in formats:
             from hubtrain.export import tensorrt_unavailable_reason
 

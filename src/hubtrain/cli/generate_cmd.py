@@ -34,24 +34,26 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         import torch
-        from transformers import AutoTokenizer, TextStreamer
+        from transformers import TextStreamer
 
+        from hubtrain.artifacts import load
         from hubtrain.export._spec import unwrap_causal_lm
-        from hubtrain.export.loading import load_model
 
         folder = Path(args.model)
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder not found: {folder}")
         if args.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-        model = load_model(folder, trust_remote_code=args.trust_remote_code)
+        model = load(folder, trust_remote_code=args.trust_remote_code)
         lm = unwrap_causal_lm(model)
         if lm is None:
-            raise TypeError(f"{folder} holds a {type(model).__name__}, not a causal language model")
-        if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()):
+            kind = getattr(model, "pipeline_tag", None) or type(model).__name__
+            raise TypeError(f"{folder} holds a {type(model).__name__} ({kind}), not a causal language model; "
+                            "`hubtrain generate` needs a causal LM folder such as the one `hubtrain quickstart lm` writes")
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
             raise FileNotFoundError(f"{folder} has no tokenizer files; save the tokenizer next to the model "
                                     "(tokenizer.save_pretrained(folder))")
-        tokenizer = AutoTokenizer.from_pretrained(folder)
         if args.seed is not None:
             torch.manual_seed(args.seed)
         text = args.prompt or (tokenizer.bos_token or "")

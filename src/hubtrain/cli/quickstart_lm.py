@@ -143,6 +143,6 @@ def run(args: argparse.Namespace) -> int:
     )
     console.print(f"run directory:    {result['run_dir']}")
     console.print(f"best checkpoint:  {result['best_checkpoint']}")
-    console.print(f"Hub-ready folder: {result['output_dir']}  (model, tokenizer, README.md, loss_curve.png)")
+    console.print(f"Hub-ready folder: {result['output_dir']}  (model, tokenizer, README.md, metrics.csv, training_curves.png)")
     console.print(Panel(result["sample"], title="sample from the saved folder (AutoModelForCausalLM)", expand=False))
     return 0

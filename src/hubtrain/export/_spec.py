@@ -23,7 +23,6 @@ from hubtrain.errors import HubtrainError
 # (a wrong BatchNorm mode moves logits by 1e-2), and classifiers must also agree on the argmax of every row.
 # Language-model logits pass through long recurrences: 1e-4, with the argmax checked at every position.
 VISION_TOLERANCE = 1e-5
-DENSE_VISION_TOLERANCE = 1e-5
 CAUSAL_LM_TOLERANCE = 1e-4
 GENERIC_TOLERANCE = 1e-5
 
@@ -187,8 +186,11 @@ def runs_at_other_sizes(model: nn.Module, size: tuple[int, int, int]) -> bool:
     return True
 
 
-def _dense_vision(model: nn.Module) -> bool:
-    return type(model).__name__ in {"SemanticSegmentor", "ObjectDetector"}
+def _vision_checks(model: nn.Module) -> tuple[float, bool]:
+    """(relative tolerance, whether argmax must agree) as the model declares them (hubtrain tasks do, as class
+    data); a plain image model is treated as a classifier."""
+    tolerance = getattr(model, "export_tolerance", None)
+    return (VISION_TOLERANCE if tolerance is None else tolerance), bool(getattr(model, "export_check_argmax", True))
 
 
 def build_spec(
@@ -225,7 +227,7 @@ def build_spec(
                     out.append(torch.randint(0, max(hi, 2), shape, generator=gen, dtype=t.dtype))
             return tuple(out)
 
-        tol = (DENSE_VISION_TOLERANCE if _dense_vision(model) else VISION_TOLERANCE) if vision else GENERIC_TOLERANCE
+        tol = _vision_checks(model)[0] if vision else GENERIC_TOLERANCE
         return ExportSpec(
             module=model, example_inputs=inputs, input_names=names,
             output_names=list(output_names) if output_names else None,
@@ -244,13 +246,13 @@ def build_spec(
         gen = torch.Generator().manual_seed(1000 + batch)
         return (torch.randn((batch, size[0], *(hw or size[1:])), generator=gen),)
 
-    dense = _dense_vision(model)
+    tolerance, check_argmax = _vision_checks(model)
     spatial = runs_at_other_sizes(model, size)
     return ExportSpec(
         module=model, example_inputs=make_images(EXAMPLE_BATCH), input_names=list(input_names or ["pixel_values"]),
         output_names=list(output_names) if output_names else None,
         dynamic_axes=[{0: "batch", 2: "height", 3: "width"} if spatial else {0: "batch"}], kind="vision",
-        tolerance=DENSE_VISION_TOLERANCE if dense else VISION_TOLERANCE, check_argmax=not dense,
+        tolerance=tolerance, check_argmax=check_argmax,
         make_inputs=make_images, source=model, spatial_dynamic=spatial, extra={"input_size": list(size)},
     )
 

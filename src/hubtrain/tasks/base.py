@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from ..metrics import MetricManager
-from ..utils import atomic_path, write_text_atomic
 
 # AutoTimm's optimiser names: torch's five, then timm's (all resolved on demand).
 OPTIMIZERS = {
@@ -69,8 +68,6 @@ def compile_modules(modules: list[nn.Module], compile_kwargs: dict[str, Any] | N
     """``torch.compile`` each module in place (``nn.Module.compile``): parameter names, so checkpoints, stay the same."""
     for module in modules:
         module.compile(**(compile_kwargs or {}))
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 def _import_class(path: str, what: str) -> type:
@@ -139,7 +136,12 @@ class BaseTask(pl.LightningModule):
     """
 
     _registry: ClassVar[dict[str, type["BaseTask"]]] = {}
-    pipeline_tag: ClassVar[str | None] = None
+    # What the artefact, hub and export rooms read about a task (class data, timm-style; nothing tests class names):
+    pipeline_tag: ClassVar[str | None] = None  # the Hub's task type
+    hub_layout: ClassVar[str] = "hubtrain"  # how save_pretrained writes the folder: "hubtrain" or "transformers"
+    usage_call: ClassVar[str] = "model(images)"  # the call in the card's usage snippet
+    export_tolerance: ClassVar[float | None] = None  # relative ONNX/TorchScript tolerance; None: the exporter's default
+    export_check_argmax: ClassVar[bool] = False  # exports must also agree on the argmax of every output row
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -209,10 +211,12 @@ class BaseTask(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation
 
     def _param_groups(self) -> list[dict[str, Any]]:
+        """Weight decay on matrices; none on biases, normalisation weights and embedding tables."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
         decay, no_decay = [], []
         for param in self.parameters():
             if param.requires_grad:
-                (no_decay if param.ndim <= 1 else decay).append(param)
+                (no_decay if param.ndim <= 1 or id(param) in embeddings else decay).append(param)
         if not decay and not no_decay:
             raise ValueError(f"{type(self).__name__} has no trainable parameters (is everything frozen?).")
         return [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -239,16 +243,19 @@ class BaseTask(pl.LightningModule):
         out: dict[str, Any] = {"interval": kwargs.pop("interval", None), "frequency": int(kwargs.pop("frequency", 1))}
         warmup = int(kwargs.pop("warmup_steps", 0))
         warmup_ratio = float(kwargs.pop("warmup_ratio", 0.0))
-        warmup_start_factor = kwargs.pop("warmup_start_factor", 1e-3)
+        warmup_start_factor = kwargs.pop("warmup_start_factor", None)
         lname = name.lower()
         sched = torch.optim.lr_scheduler
         per_step = lname in ("cosine", "onecycle")
         if lname == "cosine":
             total = kwargs.pop("T_max", None) or self._total_steps()
-            warmup = warmup or int(warmup_ratio * total)
+            warmup = min(warmup or int(warmup_ratio * total), total - 1)
+            if "min_lr_ratio" in kwargs:  # the cosine ends at lr * min_lr_ratio, whatever lr the LR finder chose
+                kwargs["eta_min"] = self.lr * float(kwargs.pop("min_lr_ratio"))
             scheduler = sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), **kwargs)
-            if warmup:
-                ramp = sched.LinearLR(optimizer, start_factor=warmup_start_factor, total_iters=warmup)
+            if warmup:  # linear from lr / warmup to lr, then the cosine
+                start = warmup_start_factor if warmup_start_factor is not None else 1.0 / warmup
+                ramp = sched.LinearLR(optimizer, start_factor=start, total_iters=warmup)
                 scheduler = sched.SequentialLR(optimizer, [ramp, scheduler], milestones=[warmup])
         elif lname == "onecycle":
             total = kwargs.pop("total_steps", None) or self._total_steps()
@@ -314,8 +321,30 @@ class BaseTask(pl.LightningModule):
                 )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["hubtrain_task"] = type(self).__name__  # what hubtrain.load rebuilds a .ckpt as
         if self.preprocessing is not None:
             checkpoint["hubtrain_preprocessing"] = self.preprocessing
+
+    @classmethod
+    def checkpoint_args(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Checks a task adds to :meth:`from_checkpoint_args` (a checkpoint may only describe its model as data)."""
+        return hparams
+
+    @classmethod
+    def from_checkpoint_args(cls, hparams: dict[str, Any], *, source: Any = "checkpoint", **overrides: Any) -> "BaseTask":
+        """The task a checkpoint's hyper-parameters describe, built only after they are checked as data: every key
+        must be an argument of this task, and the task's own :meth:`checkpoint_args` must accept them."""
+        args = cls.init_kwargs(dict(hparams))
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(args) - accepted)
+        if unknown:
+            raise ValueError(f"{source}: the checkpoint's hyper-parameters {unknown} are not arguments of {cls.__name__}; "
+                             "it was not written by this task (hubtrain rebuilds checkpoints from known arguments only)")
+        try:
+            args = cls.checkpoint_args(args)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+        return cls(**{**args, **overrides})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.preprocessing = checkpoint.get("hubtrain_preprocessing", self.preprocessing)
@@ -383,102 +412,52 @@ class BaseTask(pl.LightningModule):
                 out[key] = float(value)
         return out
 
-    def model_card(self, metrics: dict[str, float] | None = None, **card_data: Any) -> Any:
-        """A ``huggingface_hub.ModelCard`` with YAML metadata and, when metrics are known, a results table."""
-        from huggingface_hub import ModelCard, ModelCardData
+    def model_card(self, repo_id: str | None = None, **card: Any) -> Any:
+        """The ``huggingface_hub.ModelCard`` :meth:`save_pretrained` writes (see :func:`hubtrain.artifacts.model_card`)."""
+        import tempfile
 
-        config = self.hub_config()
-        spec = config.get("backbone") or {}
-        base_model = (spec.get("source") or "").removeprefix("hf-hub:") or None
-        data = {
-            "library_name": "hubtrain",
-            "tags": ["hubtrain", "pytorch-lightning", *(["timm"] if spec else [])],
-            "pipeline_tag": self.pipeline_tag,
-            "base_model": base_model if base_model and "/" in base_model and ":" not in base_model else None,
-            **card_data,
-        }
-        card_data_obj = ModelCardData(**{k: v for k, v in data.items() if v is not None})
-        name = type(self).__name__
-        params = sum(p.numel() for p in self.parameters())
-        lines = [
-            f"# {name}",
-            "",
-            f"`{name}` model trained with hubtrain: {params:,} parameters"
-            + (f", backbone `{spec.get('model_name')}`" if spec else "")
-            + (f" (from `{spec['source']}`)" if spec.get("source") else "")
-            + ".",
-            "",
-            "## Usage",
-            "",
-            "```python",
-            f"from hubtrain import {name}",
-            "",
-            f"model = {name}.from_pretrained(\"path/or/repo-id\")",
-            "```",
-        ]
-        metrics = metrics if metrics is not None else self.known_metrics()
-        if metrics:
-            lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
-            lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())]
-        return ModelCard(f"---\n{card_data_obj.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+        from ..artifacts import CARD_NAME, save_task
 
-    def save_pretrained(self, folder: str | os.PathLike, *, metrics: dict[str, float] | None = None, **card_data: Any) -> Path:
-        """Write ``model.safetensors``, ``config.json`` and a ``README.md`` card into ``folder`` (each atomically)."""
-        from safetensors.torch import save_model
+        with tempfile.TemporaryDirectory(prefix="hubtrain-card-") as tmp:
+            folder = save_task(self, Path(tmp) / "model", repo_id=repo_id, **card)
+            from huggingface_hub import ModelCard
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        config = self.hub_config()
-        text = json.dumps(config, indent=2, sort_keys=False)  # fails here, before any file, if not JSON
-        with atomic_path(folder / WEIGHTS_NAME) as tmp:
-            save_model(self, str(tmp), metadata={"format": "pt", "hubtrain_task": type(self).__name__})
-        write_text_atomic(folder / CONFIG_NAME, text + "\n")
-        write_text_atomic(folder / "README.md", str(self.model_card(metrics, **card_data)))
-        return folder
+            return ModelCard((folder / CARD_NAME).read_text(encoding="utf-8"))
+
+    def save_pretrained(self, folder: str | os.PathLike, *, metrics: dict[str, float] | None = None,
+                        run_dir: str | os.PathLike | None = None, **card: Any) -> Path:
+        """Write the task's Hub-ready folder (weights, config, card; curves when the run is known), atomically.
+
+        ``run_dir`` defaults to the attached trainer's run folder (its ``metrics.csv``); ``metrics`` to the trainer's
+        last validation / test values; ``card`` (``datasets``, ``license``, ``tags``, ``description``...) goes to
+        :func:`hubtrain.artifacts.model_card`.
+        """
+        from ..artifacts import save_task
+
+        return save_task(self, folder, metrics=metrics, run_dir=run_dir, **card)
 
     @classmethod
-    def from_pretrained(
-        cls,
-        folder_or_repo_id: str | os.PathLike,
-        *,
-        revision: str | None = None,
-        strict: bool = True,
-        map_location: str | torch.device = "cpu",
-        **overrides: Any,
-    ) -> "BaseTask":
+    def from_pretrained(cls, folder_or_repo_id: str | os.PathLike, *, revision: str | None = None,
+                        map_location: str | torch.device = "cpu", **overrides: Any) -> "BaseTask":
         """Rebuild a task from a folder written by ``save_pretrained`` or a Hub repo id (cache first, offline-safe).
 
         ``overrides`` replace saved init arguments (``lr=1e-4``, ``metrics=[...]``). The model is returned in eval mode.
         """
-        from safetensors.torch import load_model
+        from ..artifacts import describe, load, resolve_folder
 
-        folder = Path(folder_or_repo_id).expanduser()
-        if not folder.is_dir():
-            repo = str(folder_or_repo_id)
-            if repo.count("/") != 1 or repo.startswith((".", "/", "~")):
-                raise FileNotFoundError(f"{repo!r} is not a folder; give a save_pretrained folder or a Hub repo id 'org/name'.")
-            from ..network import hub_file
+        folder = resolve_folder(folder_or_repo_id, revision=revision)
+        if folder.is_dir():
+            info = describe(folder)
+            if cls is not BaseTask and info.kind == "task" and not issubclass(_task_class(info.class_name), cls):
+                raise ValueError(f"{folder} holds a {info.class_name}, not a {cls.__name__}; load it with "
+                                 f"{info.class_name}.from_pretrained.")
+        model = load(folder, map_location=str(map_location), **overrides)
+        if not isinstance(model, cls):
+            raise ValueError(f"{folder} holds a {type(model).__name__}, not a {cls.__name__}; load it with hubtrain.load.")
+        return model
 
-            config_path = hub_file(repo, [CONFIG_NAME], revision=revision, model=repo)
-            weights_path = hub_file(repo, [WEIGHTS_NAME], revision=revision, model=repo)
-            if config_path is None or weights_path is None:
-                raise FileNotFoundError(f"Hub repo {repo!r} lacks {CONFIG_NAME} or {WEIGHTS_NAME}; was it written by save_pretrained?")
-            folder = config_path.parent
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{folder / name} not found; from_pretrained needs a folder written by save_pretrained.")
-        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-        from . import task_class
 
-        task_name = config.get("hubtrain_task")
-        try:
-            task_cls = task_class(task_name)
-        except ValueError as err:
-            raise ValueError(f"{folder / CONFIG_NAME}: {err}") from None
-        if cls is not BaseTask and not issubclass(task_cls, cls):
-            raise ValueError(f"{folder} holds a {task_name}, not a {cls.__name__}; load it with {task_name}.from_pretrained.")
-        model = task_cls(**{**config.get("init_args", {}), **overrides})
-        load_model(model, str(folder / WEIGHTS_NAME), strict=strict, device=str(map_location))
-        if "preprocessing" in config:
-            model.preprocessing = config["preprocessing"]
-        return model.eval()
+def _task_class(name: str) -> type:
+    from . import task_class
+
+    return task_class(name)

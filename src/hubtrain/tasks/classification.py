@@ -69,6 +69,7 @@ class ImageClassifier(BaseTask):
     """
 
     pipeline_tag = "image-classification"
+    export_check_argmax = True  # logits: the exported classifier must pick the same class
 
     def __init__(
         self,

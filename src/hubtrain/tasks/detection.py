@@ -59,6 +59,8 @@ class ObjectDetector(BaseTask):
     """
 
     pipeline_tag = "object-detection"
+    usage_call = "model.predict(images)"  # boxes, labels and scores per image
+    export_tolerance = 1e-5  # dense outputs: no argmax to compare
 
     def __init__(
         self,

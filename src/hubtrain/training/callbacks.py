@@ -18,7 +18,6 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_warn
 
-from hubtrain.utils import atomic_path
 
 _GROUP_RE = re.compile(r"(\{.*?)[:\}]")  # the same key pattern Lightning's ModelCheckpoint uses
 
@@ -178,44 +177,17 @@ class TrainingCurvesCallback(Callback):
 
     def panels(self) -> dict[str, dict[str, dict[int, float]]]:
         """``{metric: {"train"|"val"|"": {epoch: value}}}`` with ``train/``, ``val_`` and ``_epoch`` spellings merged."""
+        from hubtrain.artifacts import split_metric
+
         panels: dict[str, dict[str, dict[int, float]]] = defaultdict(dict)
-        for key, series in self.history.items():
-            stage, base = "", key
-            for prefix in ("train/", "val/", "train_", "val_"):
-                if key.startswith(prefix):
-                    stage, base = prefix[:-1], key[len(prefix):]
-                    break
-            if base.endswith("_epoch"):
-                base = base[: -len("_epoch")]
+        for key, series in sorted(self.history.items(), key=lambda kv: kv[0].endswith("_epoch"), reverse=True):
+            stage, base = split_metric(key)
             # "train/loss_epoch" and a plain "train/loss" describe the same curve; keep the epoch aggregate
-            if stage in panels[base] and not key.endswith("_epoch"):
-                continue
-            panels[base][stage] = series
+            panels[base].setdefault(stage, series)
         return dict(panels)
 
     def save(self, path: Path) -> Path:
-        # A bare Figure renders with Agg and leaves pyplot's global backend alone (notebooks keep theirs).
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
+        from hubtrain.artifacts import plot_curves
 
-        panels = self.panels()
-        names = sorted(panels, key=lambda n: (n != "loss", n))  # loss first
-        cols = min(3, len(names))
-        rows = math.ceil(len(names) / cols)
-        fig = Figure(figsize=(4.5 * cols, 3.4 * rows))
-        axes = fig.subplots(rows, cols, squeeze=False)
-        for ax, name in zip(axes.flat, names):
-            for stage, series in sorted(panels[name].items()):
-                epochs = sorted(series)
-                ax.plot(epochs, [series[e] for e in epochs], marker="o", label=stage or name)
-            ax.set_title(name)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
-            ax.legend()
-        for ax in list(axes.flat)[len(names):]:
-            ax.axis("off")
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
+        plot_curves(self.panels(), path, x_label="epoch")
         return path

@@ -39,7 +39,14 @@ def register() -> None:
 
 register()
 
+# how this model describes itself to hubtrain (see hubtrain.models)
+MODEL_TYPE = ResNetBKConfig.model_type
+PRESETS = RESNET_BK_PRESETS
+create_from_preset = create_resnet_bk_for_hf
+
 __all__ = [
+    "MODEL_TYPE",
+    "PRESETS",
     "RESNET_BK_PRESETS",
     "ResNetBKCache",
     "ResNetBKConfig",
@@ -47,6 +54,7 @@ __all__ = [
     "ResNetBKModel",
     "ResNetBKPreTrainedModel",
     "count_non_embedding_parameters",
+    "create_from_preset",
     "create_resnet_bk_for_hf",
     "green_scan",
     "green_scan_reference",
