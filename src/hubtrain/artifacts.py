@@ -660,10 +660,9 @@ def _state_dict_of(raw: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def infer_model_size(name: str) -> str | None:
     """The preset size named in a file name (``resnet_bk_1b.pt`` -> ``"1B"``), among all of hubtrain's models."""
-    from hubtrain.models import _package, model_packages
+    from hubtrain.models import preset_sizes
 
-    sizes = {size for pkg in model_packages() for size in _package(pkg).PRESETS}
-    for size in sorted(sizes, key=len, reverse=True):
+    for size in sorted(preset_sizes(), key=len, reverse=True):
         if re.search(rf"(?:^|[_\-.]){re.escape(size.lower())}(?:$|[_\-.])", name.lower()):
             return size
     return None

@@ -56,7 +56,7 @@ def test_a_model_fixed_to_its_image_size_keeps_only_the_batch_dynamic():
     """A ViT's position embeddings fix the image size: the export keeps only the batch dynamic."""
     import timm
 
-    from hubtrain.export._spec import build_spec
+    from hubtrain.export.spec import build_spec
 
     torch.manual_seed(0)
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4).eval()
@@ -79,7 +79,7 @@ class SizeBranch(nn.Module):
 
 
 def test_an_export_that_fixes_the_image_size_falls_back_to_a_static_size(tmp_path):
-    from hubtrain.export._spec import build_spec
+    from hubtrain.export.spec import build_spec
     from hubtrain.export.onnx_export import export_spec_to_onnx
 
     torch.manual_seed(0)

@@ -84,31 +84,6 @@ def _is_transformers_config(obj: Any) -> bool:
     return isinstance(obj, PreTrainedConfig)
 
 
-def is_transformers_spec(spec: Any) -> bool:
-    """True for what ``create_transformers_backbone`` builds: models, configs, ``hf:`` names, transformers folders."""
-    if _is_transformers_model(spec) or _is_transformers_config(spec):
-        return True
-    name = getattr(spec, "model_name", spec)
-    if not isinstance(name, str):
-        return False
-    if name.startswith("hf:"):
-        return True
-    folder = Path(name).expanduser()
-    return folder.is_dir() and _is_transformers_folder(folder)
-
-
-def _is_transformers_folder(folder: Path) -> bool:
-    """A transformers ``config.json`` names a ``model_type``; a timm one names an ``architecture``."""
-    config = folder / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config} is not valid JSON ({err}); re-save the model with save_pretrained.") from None
-    return "model_type" in data
-
-
 def _resolve_repo(repo: str, *, pretrained: bool) -> Path:
     """Local snapshot folder of a transformers repo (config.json, weights when ``pretrained``), offline-safe."""
     from ..network import hub_file
@@ -665,7 +640,6 @@ def _apply_overrides(config: Any, overrides: dict[str, Any]) -> None:
 
 __all__ = [
     "create_transformers_backbone",
-    "is_transformers_spec",
     "resolve_data_config",
     "SimpleFeaturePyramid",
     "TransformersPooledBackbone",

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         from transformers import TextStreamer
 
         from hubtrain.artifacts import load
-        from hubtrain.export._spec import unwrap_causal_lm
+        from hubtrain.export.spec import unwrap_causal_lm
 
         folder = Path(args.model)
         if not folder.is_dir():

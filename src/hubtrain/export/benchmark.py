@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from hubtrain.export._spec import build_spec
+from hubtrain.export.spec import build_spec
 from hubtrain.export.onnx_export import ort_session, run_onnx
 
 

@@ -1,13 +1,12 @@
 """A recurrent language model's decode step as ONNX, and greedy generation with onnxruntime alone.
 
 Any causal LM whose cache flattens itself to named tensors and back (``cache.to_tensors()`` and
-``type(cache).from_tensors(...)``, as ``ResNetBKCache`` does) exports one small graph that does all of decoding:
+``type(cache).from_tensors(...)``) exports one small graph that does all of decoding:
 
     (input_ids (B, 1), state.<name>...)  ->  (logits (B, V), new_state.<name>...)
 
 A zero state must be exactly the state before the first token, so the same graph also consumes the prompt, one
-token at a time: :class:`OnnxGenerator` needs only numpy and onnxruntime. For ResNet-BK the state is O(1) per layer
-(the Green's function g and resolvent output y of every channel, the optional running sums, the token count).
+token at a time: :class:`OnnxGenerator` needs only numpy and onnxruntime.
 """
 from __future__ import annotations
 
@@ -21,8 +20,9 @@ import torch
 from torch import nn
 
 from hubtrain.compat import cache_kwarg, output_cache
-from hubtrain.export._spec import CAUSAL_LM_TOLERANCE, ExportError, ExportVerificationError, allowed_error, unwrap_causal_lm
-from hubtrain.export.onnx_export import _one_line, ort_session, staged_output
+from hubtrain.errors import one_line
+from hubtrain.export.spec import CAUSAL_LM_TOLERANCE, ExportError, ExportVerificationError, allowed_error, unwrap_causal_lm
+from hubtrain.export.onnx_export import ort_session, staged_output
 
 STATE_PREFIX = "state."
 
@@ -106,7 +106,7 @@ def export_decode_step_to_onnx(
                                             optimize=True, verbose=False, external_data=False)
             program.save(str(tmp))
         except Exception as err:
-            raise ExportError(f"ONNX export of the {type(lm).__name__} decode step to {path} failed: {_one_line(err)}") from err
+            raise ExportError(f"ONNX export of the {type(lm).__name__} decode step to {path} failed: {one_line(err)}") from err
         if verify:
             report = _verify_decode(lm, step, tmp, path, tolerance)
     return path, report

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from hubtrain.export._spec import ExportError, ExportSpec, ExportVerificationError, allowed_error, build_spec
+from hubtrain.errors import one_line
+from hubtrain.export.spec import ExportError, ExportSpec, ExportVerificationError, allowed_error, build_spec
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,6 @@ def staged_output(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:400]
-
-
 def _param_bytes(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
@@ -125,14 +121,14 @@ def export_spec_to_onnx(
                 raise ExportError("the exporter fixed the image size")  # a Python branch on it, say
         except Exception as err:
             if not (spec.spatial_dynamic and dynamic_axes is True):
-                raise ExportError(f"ONNX export of {spec.name} to {path} failed: {_one_line(err)}") from err
+                raise ExportError(f"ONNX export of {spec.name} to {path} failed: {one_line(err)}") from err
             # the eager model runs at other image sizes, but its export cannot keep them symbolic: fix them
-            log.info("%s does not export with a dynamic image size (%s); only the batch axis is dynamic", spec.name, _one_line(err))
+            log.info("%s does not export with a dynamic image size (%s); only the batch axis is dynamic", spec.name, one_line(err))
             spec = spec.with_static_spatial()
             try:
                 _save_onnx(spec, tmp, dynamic_axes, opset, large)
             except Exception as err2:
-                raise ExportError(f"ONNX export of {spec.name} to {path} failed: {_one_line(err2)}") from err2
+                raise ExportError(f"ONNX export of {spec.name} to {path} failed: {one_line(err2)}") from err2
         if verify:
             result = verify_onnx_model(spec, tmp, inputs=verify_inputs, tolerance=tolerance, _display_path=path)
     log.info("exported %s to %s%s", spec.name, path, f" (max abs error {result.max_abs_error:.2e})" if result else "")
@@ -169,7 +165,7 @@ def export_to_onnx(
     """Export ``model`` to ONNX at ``path`` and (by default) verify it against PyTorch.
 
     Args:
-        model: a hubtrain task, a timm model, a ``transformers`` causal LM (ResNet-BK included), or any module.
+        model: a hubtrain task, a timm model, a ``transformers`` causal LM, or any module.
         path: the ``.onnx`` file to write. It appears only after the export has been checked and verified.
         example_inputs: tensors to trace with; by default built from the model's config (image size, vocab).
         dynamic_axes: ``True`` makes batch (and sequence for language models) dynamic; ``False`` fixes every
@@ -212,7 +208,7 @@ def ort_session(path: str | os.PathLike, *, num_threads: int | None = None, leve
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:
-        raise ExportError(f"onnxruntime cannot load {path}: {_one_line(err)}") from err
+        raise ExportError(f"onnxruntime cannot load {path}: {one_line(err)}") from err
 
 
 def _ort_level(level: str) -> Any:
@@ -272,7 +268,7 @@ def verify_against_eager(
             actual = run(batch)
         except Exception as err:
             raise ExportVerificationError(
-                f"{what} failed on {shown} at input shapes {[list(t.shape) for t in batch]}: {_one_line(err)}"
+                f"{what} failed on {shown} at input shapes {[list(t.shape) for t in batch]}: {one_line(err)}"
             ) from err
         err_b, arg_b, scale_b = compare_outputs(_torch_outputs(spec.module, batch), actual, check_argmax=spec.check_argmax)
         max_err, scale = max(max_err, err_b), max(scale, scale_b)
@@ -350,7 +346,7 @@ def optimize_onnx_model(
         try:
             ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as err:
-            raise ExportError(f"onnxruntime could not optimise {onnx_path} at level {level!r}: {_one_line(err)}") from err
+            raise ExportError(f"onnxruntime could not optimise {onnx_path} at level {level!r}: {one_line(err)}") from err
         if verify:
             batches = list(verify_inputs) if verify_inputs is not None else _random_feeds(onnx_path)
             reference, optimised = ort_session(onnx_path, level="disable"), ort_session(tmp, level="disable")

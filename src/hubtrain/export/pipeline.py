@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from hubtrain.export._spec import build_spec
+from hubtrain.export.spec import build_spec
 from hubtrain.export.benchmark import benchmark_speedup, file_size_mb
 from hubtrain.export.decode import export_decode_step_to_onnx, has_flat_cache
 from hubtrain.export.onnx_export import export_spec_to_onnx, optimize_onnx_model
@@ -48,7 +48,7 @@ def export_model_for_deployment(
 
     ``formats`` picks from ``onnx`` (always made: the others start from it), ``onnx-optimized`` (onnxruntime at
     ``optimize_level``), ``torchscript`` and ``tensorrt`` (skipped, with the reason in the report, where no CUDA
-    GPU or no ``tensorrt`` package is present). A recurrent LM whose cache flattens to tensors (ResNet-BK) also
+    GPU or no ``tensorrt`` package is present). A recurrent LM whose cache flattens to tensors also
     gets ``decode_step.onnx`` (one token + recurrent state in, logits + state out). With ``benchmark``, eager vs onnxruntime (vs TensorRT) latencies are measured
     at ``batch_sizes`` (and ``seq_lens`` for language models). The folder replaces ``output_dir`` atomically.
     """

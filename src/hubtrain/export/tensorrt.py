@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from hubtrain.export._spec import ExportError
+from hubtrain.export.spec import ExportError
 from hubtrain.utils import atomic_path
 
 log = logging.getLogger(__name__)

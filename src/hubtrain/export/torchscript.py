@@ -13,8 +13,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from hubtrain.export._spec import ExportError, build_spec
-from hubtrain.export.onnx_export import _one_line, _torch_outputs, verify_against_eager
+from hubtrain.errors import one_line
+from hubtrain.export.spec import ExportError, build_spec
+from hubtrain.export.onnx_export import _torch_outputs, verify_against_eager
 from hubtrain.utils import atomic_path
 
 
@@ -49,7 +50,7 @@ def export_to_torchscript(
                     scripted = torch.jit.script(spec.module)
             torch.jit.save(scripted, str(tmp))
         except Exception as err:
-            raise ExportError(f"TorchScript {method} of {spec.name} to {path} failed: {_one_line(err)}") from err
+            raise ExportError(f"TorchScript {method} of {spec.name} to {path} failed: {one_line(err)}") from err
         if verify:
             loaded = torch.jit.load(str(tmp))
             tol = spec.tolerance if tolerance is None else float(tolerance)

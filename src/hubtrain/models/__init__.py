@@ -50,11 +50,16 @@ def create_from_preset(spec: str, **overrides: Any) -> Any:
     return _package(name).create_from_preset(size, **overrides)
 
 
+def preset_sizes() -> set[str]:
+    """Every preset size any of hubtrain's models defines ("1M", "10M", ...)."""
+    return {size for name in model_packages() for size in _package(name).PRESETS}
+
+
 def preset_model(size: str) -> str:
     """The hubtrain model that has a preset called ``size`` (``"1M"`` -> ``"resnet_bk"``)."""
     owners = [name for name in model_packages() if size in _package(name).PRESETS]
     if len(owners) != 1:
-        known = sorted({s for name in model_packages() for s in _package(name).PRESETS})
+        known = sorted(preset_sizes())
         raise ValueError(f"model_size={size!r} is not one preset of hubtrain's models; use one of {known}")
     return owners[0]
 
@@ -123,4 +128,4 @@ def _pretrained_causal_lm(name_or_path: str, **kwargs: Any) -> Any:
 
 
 __all__ = ["build_causal_lm", "create_from_preset", "is_preset", "model_packages", "native_model_types",
-           "preset_model", "register_all"]
+           "preset_model", "preset_sizes", "register_all"]

@@ -12,7 +12,7 @@ def fsdp_strategy(model: nn.Module, **kwargs: Any) -> pl.strategies.FSDPStrategy
 
     ``model`` is a ``transformers`` model or a task around one (its ``.model``). Parameters, gradients and optimiser
     state are then sharded block by block, and each block is gathered only while it runs. Works for any
-    transformers model that sets ``_no_split_modules`` (GPT-2, Llama, ResNet-BK, ...).
+    transformers model that sets ``_no_split_modules`` (GPT-2, Llama, hubtrain's own models, ...).
     """
     hf_model = model.model if isinstance(getattr(model, "model", None), nn.Module) else model
     names = set(getattr(hf_model, "_no_split_modules", None) or [])
