@@ -36,16 +36,16 @@ DEFAULT_REPO_IDS = {
 def _from_hub(repo_id: str, **overrides):
     """The preset's pretrained weights through hubtrain's one loader: the local cache first, the Hub only if allowed
     and reachable (a one-line OfflineModelError otherwise), safetensors only, hubtrain's own modeling code."""
+    import hubtrain
     from hubtrain.artifacts import resolve_folder
     from hubtrain.errors import OfflineModelError
-    from hubtrain.models import build_causal_lm
 
     folder = resolve_folder(repo_id)
     if not any(folder.glob("*.safetensors")):
         raise OfflineModelError(
             f"the snapshot of {repo_id!r} at {folder} holds no safetensors weights; re-download it "
             f"(hf download {repo_id}) or use pretrained=False for a randomly initialised model")
-    return build_causal_lm(str(folder), **overrides)
+    return hubtrain.load(folder, model_kwargs=overrides).model
 
 
 def _preset(size: str, pretrained: bool, repo_id: str | None, overrides: dict):

@@ -5,9 +5,27 @@ Each check raises ``AssertionError`` with a message that says what was wrong.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
+
+# a small Lightning metrics.csv (three epochs, train and validation rows) for card and curve tests
+METRICS_CSV = """epoch,step,train/loss,val/loss,val/accuracy
+0,9,1.05,,
+0,9,,0.91,0.62
+1,19,0.72,,
+1,19,,0.55,0.81
+2,29,0.41,,
+2,29,,0.38,0.93
+"""
+
+
+def front_matter(readme: str) -> dict:
+    """The YAML metadata block of a model card, parsed."""
+    import yaml
+
+    return yaml.safe_load(re.match(r"^---\n(.*?)\n---\n", readme, re.S).group(1))
 
 
 @torch.no_grad()

@@ -147,3 +147,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def classifier():
+    """A tiny ``ImageClassifier`` (timm's test_resnet, 3 classes, random weights), in eval mode."""
+    import torch
+
+    from hubtrain.tasks.classification import ImageClassifier
+
+    torch.manual_seed(0)
+    return ImageClassifier("test_resnet", num_classes=3, pretrained=False).eval()
+
+
+@pytest.fixture(scope="session")
+def resnet_bk():
+    """A tiny ResNet-BK (vocabulary 64, width 32, 2 layers), in eval mode."""
+    import torch
+
+    from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM
+
+    torch.manual_seed(0)
+    config = ResNetBKConfig(vocab_size=64, d_model=32, n_layers=2, num_channels=4, channel_dim=8, ffn_dim=32,
+                            num_experts=2, top_k=1, n_seq=32)
+    return ResNetBKForCausalLM(config).eval()

@@ -1,36 +1,12 @@
 """The artefact room: checkpoints read as data, and cards built without a push."""
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
-import yaml
 
+from checks import front_matter
 from hubtrain.artifacts import create_model_card, load_checkpoint
 from hubtrain.hub import upload_model_to_hub
-
-
-@pytest.fixture(scope="module")
-def classifier():
-    from hubtrain.tasks.classification import ImageClassifier
-
-    torch.manual_seed(0)
-    return ImageClassifier("test_resnet", num_classes=3, pretrained=False).eval()
-
-
-@pytest.fixture(scope="module")
-def resnet_bk():
-    from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM
-
-    torch.manual_seed(0)
-    config = ResNetBKConfig(vocab_size=64, d_model=32, n_layers=2, num_channels=4, channel_dim=8, ffn_dim=32,
-                            num_experts=2, top_k=1, n_seq=32)
-    return ResNetBKForCausalLM(config).eval()
-
-
-def _front_matter(readme: str) -> dict:
-    return yaml.safe_load(re.match(r"^---\n(.*?)\n---\n", readme, re.S).group(1))
 
 
 class NotATensor:
@@ -58,7 +34,7 @@ def test_checkpoints_are_read_safely(tmp_path, resnet_bk):
 
 def test_model_card_without_push(classifier, tmp_path):
     card = create_model_card(classifier, "alice/card-only", output_dir=tmp_path)
-    meta = _front_matter(str(card))
+    meta = front_matter(str(card))
     assert meta["pipeline_tag"] == "image-classification" and "model-index" not in meta  # no metrics, no results
     assert (tmp_path / "README.md").read_text() == str(card)
     with pytest.raises(ValueError, match="repo_id must look like 'namespace/name'"):

@@ -540,7 +540,7 @@ def resolve_folder(source: str | os.PathLike, *, revision: str | None = None) ->
         return path
     text = str(source)
     if not _is_repo_id(text):
-        raise FileNotFoundError(f"model not found: {text} is neither a folder, a file nor a Hub repo id 'org/name'; "
+        raise FileNotFoundError(f"model not found: {text} is not a folder, a file or a Hub repo id 'org/name'; "
                                 "check the path")
     from hubtrain.network import hub_snapshot
 

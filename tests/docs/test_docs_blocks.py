@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import pytest
 import torch
+from checks import METRICS_CSV
 from doc_blocks import python_blocks, run_block, substitute
 from hfcache import HFCache
 
@@ -265,14 +266,6 @@ def check_hf_hub_timm_dense(nb: "Notebook") -> None:
 # what the reader already has
 
 
-METRICS_CSV = """epoch,step,train/loss,val/loss,val/accuracy
-0,9,1.05,,
-0,9,,0.91,0.62
-1,19,0.72,,
-1,19,,0.55,0.81
-2,29,0.41,,
-2,29,,0.38,0.93
-"""
 
 
 def given_trained_models(workdir: Path) -> dict[str, Any]:

@@ -10,45 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from huggingface_hub import snapshot_download
 
+from checks import METRICS_CSV, front_matter
 from hubtrain.hub import HubError, batch_upload_models, push_to_hub, upload_model_to_hub
-
-METRICS_CSV = """epoch,step,train/loss,val/loss,val/accuracy
-0,9,1.05,,
-0,9,,0.91,0.62
-1,19,0.72,,
-1,19,,0.55,0.81
-2,29,0.41,,
-2,29,,0.38,0.93
-"""
-
-
-@pytest.fixture(scope="module")
-def classifier():
-    from hubtrain.tasks.classification import ImageClassifier
-
-    torch.manual_seed(0)
-    return ImageClassifier("test_resnet", num_classes=3, pretrained=False).eval()
-
-
-@pytest.fixture(scope="module")
-def resnet_bk():
-    from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM
-
-    torch.manual_seed(0)
-    config = ResNetBKConfig(vocab_size=64, d_model=32, n_layers=2, num_channels=4, channel_dim=8, ffn_dim=32,
-                            num_experts=2, top_k=1, n_seq=32)
-    return ResNetBKForCausalLM(config).eval()
-
 
 def _download(hub, repo_id, tmp_path) -> Path:
     return Path(snapshot_download(repo_id, cache_dir=tmp_path / "cache", endpoint=hub.endpoint, token=hub.token))
-
-
-def _front_matter(readme: str) -> dict:
-    return yaml.safe_load(re.match(r"^---\n(.*?)\n---\n", readme, re.S).group(1))
 
 
 def _run_usage_snippet(readme: str, repo_id: str, folder: Path) -> dict:
@@ -78,7 +46,7 @@ def test_task_model_round_trip_through_the_hub(local_hub, classifier, tmp_path, 
         assert torch.equal(reloaded(x), classifier(x))
 
     readme = (folder / "README.md").read_text()
-    meta = _front_matter(readme)
+    meta = front_matter(readme)
     assert meta["library_name"] == "hubtrain" and meta["license"] == "apache-2.0" and meta["datasets"] == ["digits"]
     results = meta["model-index"][0]["results"]
     reported = {m["name"]: m["value"] for r in results for m in r["metrics"]}
@@ -116,7 +84,7 @@ def test_resnet_bk_push_download_and_generate(local_hub, resnet_bk, tmp_path):
         assert torch.allclose(reloaded(ids).logits, resnet_bk(ids).logits, atol=1e-6, rtol=0)
     readme = (folder / "README.md").read_text()
     assert f"| non-embedding parameters | {count_non_embedding_parameters(resnet_bk):,} |" in readme
-    assert "resnet-bk" in _front_matter(readme)["tags"]
+    assert "resnet-bk" in front_matter(readme)["tags"]
     scope = _run_usage_snippet(readme, "alice/resnet-bk-tiny", folder)
     assert scope["output"].shape == (1, 28)
 

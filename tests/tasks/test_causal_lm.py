@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
 
 from hubtrain.data.text import TextDataModule
-from hubtrain.tasks.causal_lm import CausalLMTask
+from hubtrain.tasks.causal_lm import CausalLMTask, _warmup_cosine
 from hubtrain.training import AutoTrainer
 from hubtrain.training.strategies import fsdp_strategy
 
@@ -177,19 +177,9 @@ def test_model_forms_optimizer_groups_and_errors(dm, tmp_path):
     loaded = CausalLMTask(str(tmp_path / "m"))
     assert torch.equal(loaded.model.transformer.wte.weight, task.model.transformer.wte.weight)
 
-    # the schedule the task builds: a linear warmup from lr / 5, then a cosine from lr down to lr * min_lr_ratio
-    sched_task = CausalLMTask(tiny_gpt2(), tokenizer=dm.tokenizer, lr=1.0, warmup_steps=5, min_lr_ratio=0.1)
-    sched_task._total_steps = lambda: 100
-    config = sched_task.configure_optimizers()
-    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
-    lrs = []
-    for _ in range(100):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    factor = dict(enumerate(lrs))
-    assert factor[0] == pytest.approx(1 / 5) and factor[5] == 1.0 and factor[99] == pytest.approx(0.1, abs=1e-3)
-    assert factor[52] == pytest.approx(0.55, abs=0.02)  # halfway through the cosine: the midpoint of 1 and 0.1
+    factor = _warmup_cosine(warmup=5, total=100, min_ratio=0.1)
+    assert factor(0) == pytest.approx(1 / 5) and factor(4) == 1.0 and factor(99) == pytest.approx(0.1, abs=1e-3)
+    assert factor(52) == pytest.approx(0.55, abs=0.02)  # halfway through the cosine: the midpoint of 1 and 0.1
 
     with pytest.raises(ValueError, match="tokenizer has 384 tokens but the model's vocab_size is 100"):
         small = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=100, n_embd=16, n_layer=1, n_head=2))
@@ -216,7 +206,7 @@ DDP_SCRIPT = """
 import json, sys, torch
 from transformers import GPT2Config
 from hubtrain.data.text import TextDataModule
-from hubtrain.tasks.causal_lm import CausalLMTask
+from hubtrain.tasks.causal_lm import CausalLMTask, _warmup_cosine
 from hubtrain.training import AutoTrainer
 
 torch.set_num_threads(1)

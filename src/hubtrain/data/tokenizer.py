@@ -105,10 +105,15 @@ def load_tokenizer(name_or_path: str | os.PathLike | PreTrainedTokenizerBase) ->
     if isinstance(name_or_path, PreTrainedTokenizerBase):
         tok = name_or_path
     else:
-        path = Path(name_or_path)
-        if path.exists() and not path.is_dir():
+        from hubtrain.artifacts import resolve_folder
+        from hubtrain.models import register_all
+
+        folder = resolve_folder(name_or_path)  # a folder, or a Hub repo's snapshot: the cache first, offline-safe
+        if not folder.is_dir():
             raise ValueError(f"tokenizer={str(name_or_path)!r} is a file; pass the folder that holds tokenizer.json.")
-        tok = AutoTokenizer.from_pretrained(str(name_or_path))
+        register_all()  # a folder of one of hubtrain's models names its model_type; AutoTokenizer must know it
+        # data, not code: a tokenizer folder that ships its own tokenizer class is refused, never run
+        tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     if tok.eos_token_id is None:
         raise ValueError(
             f"tokenizer {tok.name_or_path!r} has no eos token, which separates packed documents; "

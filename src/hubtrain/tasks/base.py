@@ -253,8 +253,8 @@ class BaseTask(pl.LightningModule):
             if "min_lr_ratio" in kwargs:  # the cosine ends at lr * min_lr_ratio, whatever lr the LR finder chose
                 kwargs["eta_min"] = self.lr * float(kwargs.pop("min_lr_ratio"))
             scheduler = sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), **kwargs)
-            if warmup:  # linear from lr / warmup to lr, then the cosine
-                start = warmup_start_factor if warmup_start_factor is not None else 1.0 / warmup
+            if warmup:  # linear from lr * warmup_start_factor to lr, then the cosine
+                start = warmup_start_factor if warmup_start_factor is not None else 1e-3
                 ramp = sched.LinearLR(optimizer, start_factor=start, total_iters=warmup)
                 scheduler = sched.SequentialLR(optimizer, [ramp, scheduler], milestones=[warmup])
         elif lname == "onecycle":

@@ -88,9 +88,8 @@ class CausalLMTask(BaseTask):
     ):
         if not (isinstance(warmup_steps, int) and warmup_steps >= 0) and not (0 <= warmup_steps < 1):
             raise ValueError(f"warmup_steps={warmup_steps} must be an int >= 0 or a fraction in [0, 1).")
-        warmup = {"warmup_steps": warmup_steps} if isinstance(warmup_steps, int) else {"warmup_ratio": warmup_steps}
         super().__init__(lr=lr, weight_decay=weight_decay, optimizer="adamw", scheduler="cosine",
-                         optimizer_kwargs={"betas": tuple(betas)}, scheduler_kwargs={**warmup, "min_lr_ratio": min_lr_ratio})
+                         optimizer_kwargs={"betas": tuple(betas)})
         self.tokenizer = None
         if tokenizer is not None:
             from hubtrain.data.tokenizer import load_tokenizer
@@ -265,6 +264,16 @@ class CausalLMTask(BaseTask):
         return dict(self.val_metrics) or super().known_metrics()
 
     # -- optimisation ---------------------------------------------------------------------------------------------
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Per optimizer step: a linear warmup whose first step already trains at lr / warmup, then a cosine down to
+        lr * min_lr_ratio (the usual language-model schedule; BaseTask's warmup starts from lr * 1e-3)."""
+        total = self._total_steps()
+        warmup_steps = self.hparams.warmup_steps
+        warmup = warmup_steps if isinstance(warmup_steps, int) else int(warmup_steps * total)
+        warmup = min(warmup, total - 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(warmup, total, self.hparams.min_lr_ratio))
+        return {"scheduler": schedule, "interval": "step", "frequency": 1}
+
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
@@ -282,6 +291,16 @@ class CausalLMTask(BaseTask):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
         else:
             self.clip_gradients(optimizer, clip, "norm")
+
+
+def _warmup_cosine(warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
 
 
 def _tokenizer_folder(tokenizer: PreTrainedTokenizerBase | None) -> str | None:
