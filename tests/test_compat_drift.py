@@ -138,6 +138,20 @@ def test_lightning_private_loops_and_lr_finder_keep_their_shape():
     assert finder.results == {} and hasattr(finder, "suggestion")
 
 
+def test_lightning_keeps_stateful_loader_states_where_autotrainer_hands_them_over():
+    """AutoTrainer hands a resumed run's loader states to the train loaders itself (see _RunHooks.on_train_start),
+    through the fit loop's pending states; and Lightning must still treat a loader with state_dict as stateful."""
+    from lightning_fabric.utilities.types import _Stateful
+    from pytorch_lightning.loops.fit_loop import _FitLoop
+
+    from hubtrain.data.loading import resumable_loader
+
+    assert callable(getattr(_FitLoop, "_load_combined_loader_states", None))
+    assert "_combined_loader_states_to_load" in _FitLoop.__init__.__code__.co_names
+    loader = resumable_loader(list(range(10)), batch_size=2, shuffle=True, seed=0)
+    assert isinstance(loader, _Stateful)
+
+
 @pytest.fixture(scope="module")
 def tiny_resnet_bk_ctx():
     from checks import assert_context_dependent

@@ -34,8 +34,11 @@ def run_quickstart(
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
     """Train, validate, save; return where everything went and the accuracy reached."""
+    import pytorch_lightning as pl
+
     from hubtrain import AutoTrainer, BackboneConfig, ImageClassifier, ImageDataModule
 
+    pl.seed_everything(seed, workers=True, verbose=False)  # before the model: its initial weights come from the seed too
     data = ImageDataModule(dataset_name="digits", image_size=image_size, batch_size=batch_size, seed=seed)
     data.setup("fit")
     model = ImageClassifier(

@@ -63,6 +63,9 @@ def run_quickstart_lm(
 
     if max_steps < 1:
         raise ValueError(f"max_steps={max_steps} must be at least 1.")
+    import pytorch_lightning as pl
+
+    pl.seed_everything(seed, workers=True, verbose=False)  # before the model: its initial weights come from the seed too
     data_kwargs: dict[str, Any] = {}
     if fast:
         max_steps = min(max_steps, 30)

@@ -8,6 +8,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .loading import resumable_loader
+
 
 class DenseDataModule(pl.LightningDataModule):
     """Base class; subclasses set ``transform_config``, ``batch_size``, ``num_workers``, ``val_split``, ``seed``
@@ -42,8 +44,11 @@ class DenseDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool, split: str) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"no {split} data: call setup() first (the Trainer does), or give a {split} split.")
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=type(self).collate_fn, persistent_workers=self.num_workers > 0)
+        common = dict(batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=type(self).collate_fn,
+                      persistent_workers=self.num_workers > 0)
+        if shuffle:  # order and augmentations depend on (seed, epoch, position) only: a resumed run is bit-identical
+            return resumable_loader(dataset, shuffle=True, seed=self.seed, **common)
+        return DataLoader(dataset, shuffle=False, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, shuffle=True, split="train")

@@ -20,8 +20,9 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Subset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from .loading import resumable_loader
 from .transforms import build_transform, resolve_transform_config
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -544,26 +545,20 @@ class ImageDataModule(pl.LightningDataModule):
             dataset = getattr(self, f"{split}_dataset")
         if dataset is None:
             raise ValueError(f"there is no {split} split: add a {split}/ folder, {split}_csv, or a '{split}' split to the dataset.")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        sampler = None
-        if shuffle and self.balanced_sampling:
+        common = dict(batch_size=self.batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                      persistent_workers=self.persistent_workers,
+                      prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None)
+        if not shuffle:
+            return DataLoader(dataset, shuffle=False, **common)
+        weights = None
+        if self.balanced_sampling:
             labels = dataset_labels(dataset)
             counts = np.bincount(labels)
             weights = [1.0 / counts[label] for label in labels]
-            sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
-            generator=generator if sampler is None else None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
-            # A last training batch of one sample breaks BatchNorm; drop the remainder instead.
-            drop_last=shuffle and len(dataset) > self.batch_size,
-        )
+        # the order and the augmentations depend on (seed, epoch, position) only: a resumed run is bit-identical
+        return resumable_loader(dataset, shuffle=True, seed=self.seed, weights=weights,
+                                # A last training batch of one sample breaks BatchNorm; drop the remainder instead.
+                                drop_last=len(dataset) > self.batch_size, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, "train", shuffle=True)

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
+from hubtrain.data.loading import resumable_loader
 from hubtrain.data.tokenizer import get_bpe_tokenizer, load_tokenizer
 
 TEXT_SUFFIXES = (".txt", ".py", ".md", ".rst", ".text", ".c", ".h", ".js", ".ts", ".java", ".go", ".rs", ".tex")
@@ -365,15 +366,10 @@ class TextDataModule(pl.LightningDataModule):
             self.setup()
         if split not in self.datasets:
             raise ValueError(f"there is no {split} split; set {split}_fraction > 0 or give a DatasetDict with it.")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        common = dict(batch_size=self.batch_size, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        if shuffle:  # the order of every epoch depends on (seed, epoch) only: a resumed run is bit-identical
+            return resumable_loader(self.datasets[split], shuffle=True, seed=self.seed, **common)
+        return DataLoader(self.datasets[split], shuffle=False, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -191,3 +191,44 @@ class TrainingCurvesCallback(Callback):
 
         plot_curves(self.panels(), path, x_label="epoch")
         return path
+
+
+class RandomStateCheckpoint(Callback):
+    """Saves Python's, NumPy's and torch's random states in every checkpoint and restores them on resume.
+
+    With data loaders whose batches depend only on (seed, epoch, position) (``hubtrain.data.loading``), the global
+    random state is then all that dropout and other in-model randomness read, and a resumed run continues exactly
+    where the interrupted one stopped.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        # plain tensors and numbers only: checkpoints stay loadable with torch.load(weights_only=True)
+        numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}
+        state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
+        random.setstate(_as_python_state(state_dict["python"]))
+        n = state_dict["numpy"]
+        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def _as_python_state(state: Any) -> tuple:
+    """``random.setstate`` wants tuples; a checkpoint read with ``weights_only=True`` may hand back lists."""
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)

@@ -33,6 +33,7 @@ from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
 from hubtrain.training.callbacks import (
     AutoModelCheckpoint,
+    RandomStateCheckpoint,
     TrainingCurvesCallback,
     make_slash_safe,
     template_keys,
@@ -71,6 +72,14 @@ class _RunHooks(Callback):
         run_dir = getattr(trainer, "_run_dir", None)
         if run_dir is not None and trainer.world_size > 1:
             trainer._run_dir = Path(trainer.strategy.broadcast(str(run_dir)))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning hands a resumed run's loader states (position in the epoch) to the train loaders when it builds
+        # them after reading the checkpoint; a scheduler that asked for estimated_stepping_batches had them built
+        # before, and the states would be dropped. Hand them over now, before the first batch is drawn.
+        loop = trainer.fit_loop
+        if getattr(loop, "_combined_loader_states_to_load", None):
+            loop._load_combined_loader_states()
 
     def _check_filenames(self, trainer: pl.Trainer) -> None:
         if trainer.sanity_checking:
@@ -171,7 +180,7 @@ class AutoTrainer(pl.Trainer):
         self._user_checkpoint_dirs = [cb.dirpath for cb in self._user_checkpoints]
         self._fitted_model: pl.LightningModule | None = None
         self._curves = TrainingCurvesCallback() if plot_curves else None
-        own = [_RunHooks()] + ([self._curves] if self._curves else [])
+        own = [_RunHooks(), RandomStateCheckpoint()] + ([self._curves] if self._curves else [])
 
         super().__init__(
             max_epochs=max_epochs,
