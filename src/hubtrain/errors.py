@@ -5,6 +5,14 @@ class HubtrainError(Exception):
     """Base class for errors raised by hubtrain itself."""
 
 
+class RunInterrupted(HubtrainError):
+    """Training stopped before it finished (SIGTERM, Ctrl+C): the message says where the last good checkpoint is."""
+
+    def __init__(self, message: str, checkpoint: str | None = None, exit_code: int = 143) -> None:
+        super().__init__(message)
+        self.checkpoint, self.exit_code = checkpoint, exit_code
+
+
 class OfflineModelError(HubtrainError, OSError):
     """Weights were requested but are neither in the local Hugging Face cache nor reachable on the network."""
 

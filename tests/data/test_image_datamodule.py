@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -89,7 +91,7 @@ def test_corrupt_images_are_reported_with_their_paths(image_folder):
     root = image_folder(("a", "b"), {"train": 3, "val": 1}, corrupt=["train/a/broken.png"])
     with pytest.raises(ValueError, match="broken.png"):
         ImageDataModule(data_dir=root, image_size=16, verify_images=True).setup()
-    dm = ImageDataModule(data_dir=root, image_size=16)
+    dm = ImageDataModule(data_dir=root, image_size=16, verify_images=False)  # no pre-flight: found when read
     dm.setup()
     broken = [i for i, (p, _) in enumerate(dm.train_dataset.samples) if p.name == "broken.png"][0]
     with pytest.raises(ValueError, match=r"cannot read image .*broken\.png"):
@@ -216,3 +218,42 @@ def test_torchvision_dataset_loads_once_its_files_are_where_the_error_said(tmp_p
     assert (len(dm.train_dataset), len(dm.val_dataset), len(dm.test_dataset)) == (24, 6, 10)
     x, y = next(iter(dm.test_dataloader()))
     assert x.shape == (4, 3, 16, 16) and y.tolist() == [0, 1, 2, 3]
+
+
+def test_preflight_stops_on_every_bad_file_by_default_and_skips_only_when_asked(image_folder):
+    root = image_folder(("a", "b"), {"train": 4, "val": 1}, corrupt=["train/a/broken.png", "train/b/bad.png"])
+    with pytest.raises(ValueError, match=r"2 unreadable image\(s\): .*broken\.png.*bad\.png|2 unreadable image\(s\): .*bad\.png.*broken\.png"):
+        ImageDataModule(data_dir=root, image_size=16).setup()  # both named at once, before any training
+    with pytest.warns(UserWarning, match="skip_bad_files: left out 2 item"):
+        dm = ImageDataModule(data_dir=root, image_size=16, skip_bad_files=True)
+        dm.setup()
+    assert sorted(Path(s.split(":")[0]).name for s in dm.skipped) == ["bad.png", "broken.png"]
+    names = [p.name for p, _ in dm.train_dataset.dataset.samples] if hasattr(dm.train_dataset, "dataset") else \
+        [p.name for p, _ in dm.train_dataset.samples]
+    assert "broken.png" not in names and "bad.png" not in names
+    assert dm.class_names == ["a", "b"]  # the label mapping did not change
+
+
+def test_an_empty_class_folder_is_an_error_not_a_shifted_label_mapping(image_folder):
+    root = image_folder(("a", "b", "c"), {"train": 2, "val": 1})
+    for f in (root / "train" / "b").iterdir():
+        f.unlink()
+    with pytest.raises(ValueError, match=r"class folder\(s\) with no images: .*train/b.*shift every later class"):
+        ImageDataModule(data_dir=root, image_size=16).setup()
+
+
+def test_csv_rows_with_empty_labels_or_missing_files_are_named(tmp_path, image_folder):
+    root = image_folder(("a", "b"), {"train": 2})
+    files = sorted((root / "train").rglob("*.png"))
+    csv = tmp_path / "train.csv"
+    csv.write_text("image,label\n" + f"{files[0]},a\n{files[1]},\n{files[2]},b\n{tmp_path}/missing.png,a\n{files[3]},b\n")
+    with pytest.raises(FileNotFoundError, match=r"2 bad row\(s\): line 3: empty 'label'.*line 5: image .*missing.png not found"):
+        ImageDataModule(train_csv=csv, image_size=16).setup()
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text(f"image,label\n{files[0]},a,extra,columns\n")
+    with pytest.raises(ValueError, match="ragged.csv is not a well-formed CSV"):
+        ImageDataModule(train_csv=ragged, image_size=16).setup()
+    with pytest.warns(UserWarning, match="left out 2 item"):
+        dm = ImageDataModule(train_csv=csv, image_size=16, skip_bad_files=True, val_split=0.34)
+        dm.setup()
+    assert dm.class_names == ["a", "b"] and "nan" not in dm.class_names

@@ -14,6 +14,9 @@ import importlib
 import sys
 from typing import Sequence
 
+from hubtrain.cli.args import Parser
+from hubtrain.errors import RunInterrupted
+
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 # subcommand -> (module, one-line help); each module has add_arguments(parser) and run(args) -> int
@@ -35,7 +38,11 @@ EPILOG = """examples:
 
 
 def run_lightning_cli(argv: Sequence[str]) -> int:
-    """``hubtrain fit|validate|test|predict``: Lightning's own CLI, with AutoTrainer as the trainer."""
+    """``hubtrain fit|validate|test|predict``: Lightning's own CLI, with AutoTrainer as the trainer.
+
+    Parse errors (a bad flag, a missing config file, a value of the wrong type) are raised, not printed with a usage
+    block, so ``main`` reports them on one line like every other command.
+    """
     import pytorch_lightning as pl
     from pytorch_lightning.cli import LightningCLI
 
@@ -52,13 +59,14 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
         subclass_mode_data=True,
         auto_configure_optimizers=False,  # tasks own their optimisers
         save_config_kwargs={"overwrite": True},
-        args=list(argv),
+        parser_kwargs={"exit_on_error": False},
+        args=None if list(argv) == sys.argv[1:] else list(argv),  # the command line itself, or a caller's list
     )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hubtrain",
         description="Train and ship Hugging Face models from one API.",
         epilog=EPILOG,
@@ -99,12 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
-        return run_lightning_cli(argv)
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    command = argv[0] if argv else "hubtrain"
     try:
+        if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+            return run_lightning_cli(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command or command
         if args.command == "quickstart":
             if getattr(args, "quickstart_kind", None) == "lm":
                 return importlib.import_module("hubtrain.cli.quickstart_lm").run(args)
@@ -113,12 +122,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             return quickstart.run(args)
         if args.command in TOOL_SUBCOMMANDS:
             return importlib.import_module(TOOL_SUBCOMMANDS[args.command][0]).run(args)
-    except (ValueError, FileNotFoundError, OSError, ImportError) as err:
-        # Bad input ends in one line that says what and where, and a non-zero exit.
-        print(f"hubtrain {args.command}: error: {err}", file=sys.stderr)
+    except RunInterrupted as err:
+        print(f"hubtrain {command}: {err}", file=sys.stderr)
+        return err.exit_code
+    except Exception as err:
+        # Bad input ends in one line that says what and where, and a non-zero exit; anything else is a bug to report.
+        if not _is_user_error(err):
+            raise
+        print(f"hubtrain {command}: error: {_first_line(err)}", file=sys.stderr)
         return 2
     parser.print_help()
     return 0
+
+
+def _is_user_error(err: BaseException) -> bool:
+    """Errors that mean bad input (a value, a path, a file, a flag), as opposed to a bug in hubtrain."""
+    user = (ValueError, OSError, ImportError, TypeError, KeyError, argparse.ArgumentError)
+    if isinstance(err, user):
+        return True
+    return type(err).__module__.startswith(("jsonargparse", "safetensors", "yaml"))
+
+
+def _first_line(err: BaseException) -> str:
+    """The error in one line. jsonargparse lists what failed for each type a value could have had ("- batch_size=0:
+    must be >= 1."): those lines are the message, not its preamble."""
+    text = str(err).strip()
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        text = f"missing key {err.args[0]!r}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    problems = [line[2:] for line in lines if line.startswith("- ") and "<class 'NoneType'>" not in line]
+    if not problems:
+        return " ".join(lines[:2])[:500] or type(err).__name__
+    key = next((line.rstrip(":") for line in lines if line.startswith("Parser key")), None)
+    given = next((line for line in lines if line.startswith("Given value:") and len(line) < 100), None)
+    return "; ".join(x for x in (key, *problems[:2], given) if x)[:500]
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hubtrain.cli.args import Parser, positive_float, positive_int
+
 DESCRIPTION = ("Export a model (save_pretrained folder or checkpoint) for deployment. Every artefact is verified "
                "against PyTorch at shapes the export never saw; a failed check leaves no output and exits 1.")
 EPILOG = """examples:
@@ -25,15 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what to produce (onnx is always made: the others start from it)")
     parser.add_argument("--optimize", default="extended", choices=["none", "basic", "extended", "all"],
                         help="onnxruntime graph optimisation level saved alongside model.onnx")
-    parser.add_argument("--tolerance", type=float, default=None, help="max error relative to the outputs' scale, max(1, max |output|) (default 1e-5 vision, 1e-4 LMs)")
+    parser.add_argument("--tolerance", type=positive_float, default=None, help="max error relative to the outputs' scale, max(1, max |output|) (default 1e-5 vision, 1e-4 LMs)")
     parser.add_argument("--fp16", action="store_true", help="TensorRT: allow half precision")
     parser.add_argument("--int8", action="store_true", help="TensorRT: INT8 (needs calibration data or Q/DQ nodes)")
-    parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--max-seq-len", type=int, default=512)
+    parser.add_argument("--max-batch-size", type=positive_int, default=8)
+    parser.add_argument("--max-seq-len", type=positive_int, default=512)
     parser.add_argument("--benchmark", action="store_true", help="measure eager vs onnxruntime (vs TensorRT) latency")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--seq-lens", type=int, nargs="+", default=None, help="language models: lengths to benchmark")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads for both PyTorch and onnxruntime")
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 8])
+    parser.add_argument("--seq-lens", type=positive_int, nargs="+", default=None, help="language models: lengths to benchmark")
+    parser.add_argument("--threads", type=positive_int, default=None, help="intra-op threads for both PyTorch and onnxruntime")
     parser.add_argument("--model-size", default=None, help="ResNet-BK preset of a checkpoint file")
     parser.add_argument("--task", default=None, help="hubtrain task class of a Lightning checkpoint")
 
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hubtrain export")
+    parser = Parser(prog="hubtrain export")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

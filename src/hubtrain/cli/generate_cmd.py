@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hubtrain.cli.args import Parser, non_negative_float, positive_int, probability
+
 DESCRIPTION = "Generate text from a causal language model folder (model + tokenizer), streaming tokens as they come."
 EPILOG = """examples:
   hubtrain generate hubtrain-quickstart-lm --prompt "def main("
@@ -20,10 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("model", help="folder with a causal LM (config.json + safetensors) and its tokenizer")
     parser.add_argument("--prompt", default="", help="text to continue (default: the tokenizer's BOS token)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-k", type=positive_int, default=None)
+    parser.add_argument("--top-p", type=probability, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--trust-remote-code", action="store_true", help="allow modeling code shipped in the folder")
     parser.add_argument("--no-stream", action="store_true", help="print once at the end instead of streaming")
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hubtrain generate")
+    parser = Parser(prog="hubtrain generate")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from hubtrain.cli.args import Parser
+
 DESCRIPTION = "Upload a model folder, a checkpoint, or a folder of checkpoints to the Hugging Face Hub."
 EPILOG = """examples:
   hubtrain push hubtrain-quickstart --repo-id you/digits-resnet
@@ -84,7 +86,7 @@ def _is_folder(path: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hubtrain push")
+    parser = Parser(prog="hubtrain push")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -10,13 +10,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hubtrain.cli.args import positive_float, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="resnet18", help="any timm name, hf-hub:org/name or local-dir:/path")
-    parser.add_argument("--image-size", type=int, default=32, help="digits are 8x8; they are upscaled to this size")
-    parser.add_argument("--max-epochs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--image-size", type=positive_int, default=32, help="digits are 8x8; they are upscaled to this size")
+    parser.add_argument("--max-epochs", type=positive_int, default=6)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--lr", type=positive_float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root-dir", default="runs", help="runs go to <root-dir>/quickstart/version_k/")
     parser.add_argument("--output-dir", default="hubtrain-quickstart", help="the Hub-ready folder")

@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from hubtrain.cli.args import positive_float, positive_int
+
 # Sizes of the default run (a few minutes on 2 CPU cores) and of the fast mode used by the tests (seconds).
 DEFAULT_MODEL = {"d_model": 128, "n_layers": 4, "num_experts": 2, "num_channels": 8, "channel_dim": 16, "ffn_dim": 352}
 FAST_MODEL = {"d_model": 48, "n_layers": 2, "num_experts": 2, "num_channels": 3, "channel_dim": 16, "ffn_dim": 96}
@@ -19,11 +21,11 @@ DEFAULT_PROMPT = "def "
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-steps", type=int, default=400, help="optimizer steps (default 400: a few minutes on 2 CPU cores)")
-    parser.add_argument("--block-size", type=int, default=128, help="tokens per training example")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--vocab-size", type=int, default=2048, help="size of the byte-level BPE trained on the corpus")
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--max-steps", type=positive_int, default=400, help="optimizer steps (default 400: a few minutes on 2 CPU cores)")
+    parser.add_argument("--block-size", type=positive_int, default=128, help="tokens per training example")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--vocab-size", type=positive_int, default=2048, help="size of the byte-level BPE trained on the corpus")
+    parser.add_argument("--lr", type=positive_float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", default=None, help="a text file, folder or glob instead of the built-in stdlib corpus")
     parser.add_argument("--root-dir", default="runs", help="runs go to <root-dir>/quickstart-lm/version_k/")

@@ -152,7 +152,12 @@ class ImageDataModule(pl.LightningDataModule):
         train_transform_kwargs: augmentation passed to ``timm.data.create_transform`` (e.g. ``{"hflip": 0.0}``).
         train_transforms / eval_transforms: callables replacing the built transforms.
         balanced_sampling: draw training samples with replacement, weighted by 1 / class frequency.
-        verify_images: open every image during ``setup`` and report all unreadable files at once.
+        verify_images: decode every image during ``setup`` (the pre-flight pass), so an unreadable file is found
+            before training, with every other bad file, instead of mid-epoch. On by default; ``False`` skips it for
+            very large datasets (a bad file then fails the batch that reads it, naming the file).
+        skip_bad_files: leave out unreadable images and rows with an empty label (warning with the list of what was
+            left out) instead of stopping; off by default. Empty class folders are always an error: dropping one
+            would shift every later class's index.
         seed: fixes the val split and the training shuffle order.
     """
 
@@ -184,7 +189,8 @@ class ImageDataModule(pl.LightningDataModule):
         seed: int = 42,
         hf_dataset: str | os.PathLike | Any | None = None,
         hf_format: str = "auto",
-        verify_images: bool = False,
+        verify_images: bool = True,
+        skip_bad_files: bool = False,
     ) -> None:
         super().__init__()
         if transform_backend != "torchvision":
@@ -224,6 +230,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.seed = seed
         self.hf_dataset, self.hf_format = hf_dataset, hf_format
         self.verify_images = verify_images
+        self.skip_bad_files = skip_bad_files
+        self.skipped: list[str] = []  # what skip_bad_files left out, and why
         self.pin_memory = pin_memory
         self.persistent_workers = (num_workers > 0) if persistent_workers is None else (persistent_workers and num_workers > 0)
         self.prefetch_factor = prefetch_factor
@@ -333,16 +341,7 @@ class ImageDataModule(pl.LightningDataModule):
         index = {name: i for i, name in enumerate(names)}
         encoded = {split: [(x, index[label]) for x, label in samples] for split, samples in splits.items()}
         if self.verify_images:
-            bad = []
-            for samples in encoded.values():
-                for x, _ in samples:
-                    if isinstance(x, (str, Path)):
-                        try:
-                            load_image(x)
-                        except ValueError:
-                            bad.append(str(x))
-            if bad:
-                raise ValueError(f"{len(bad)} unreadable image(s): {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")
+            encoded = self._preflight_images(encoded)
         train = encoded["train"]
         if "val" in encoded:
             self.train_dataset = ImageListDataset(train, self.train_transform, self.mode)
@@ -354,20 +353,45 @@ class ImageDataModule(pl.LightningDataModule):
         if "test" in encoded:
             self.test_dataset = ImageListDataset(encoded["test"], self.eval_transform, self.mode)
 
+    def _preflight_images(self, encoded: dict[str, list[tuple[Any, int]]]) -> dict[str, list[tuple[Any, int]]]:
+        """Decode every image file once; stop naming every unreadable one, or leave them out with skip_bad_files."""
+        bad: dict[str, str] = {}
+        for samples in encoded.values():
+            for x, _ in samples:
+                if isinstance(x, (str, Path)) and str(x) not in bad:
+                    try:
+                        with Image.open(x) as img:
+                            img.load()
+                    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+                        bad[str(x)] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if not bad:
+            return encoded
+        listing = "; ".join(f"{path} ({why})" for path, why in list(bad.items())[:10]) + (" ..." if len(bad) > 10 else "")
+        if not self.skip_bad_files:
+            raise ValueError(f"{len(bad)} unreadable image(s): {listing}; remove or replace them, or pass "
+                             "skip_bad_files=True to leave them out")
+        self._skip([f"{path}: unreadable ({why})" for path, why in bad.items()])
+        return {split: [(x, y) for x, y in samples if str(x) not in bad] for split, samples in encoded.items()}
+
+    def _skip(self, items: list[str]) -> None:
+        self.skipped += items
+        warnings.warn(f"skip_bad_files: left out {len(items)} item(s): {'; '.join(items[:10])}"
+                      f"{' ...' if len(items) > 10 else ''}", stacklevel=4)
+
     # folders -------------------------------------------------------------------------------
 
     def _folder_split(self, split_dir: Path) -> list[tuple[Path, str]]:
         classes = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        samples = [
-            (f, c.name)
-            for c in classes
-            for f in sorted(c.rglob("*"))
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-        ]
+        images = {c: [f for f in sorted(c.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS] for c in classes}
+        samples = [(f, c.name) for c, files in images.items() for f in files]
         if not samples:
             raise FileNotFoundError(
                 f"no images found in {split_dir}; expected {split_dir}/<class_name>/<image>{IMAGE_EXTENSIONS[:3]}."
             )
+        empty = [str(c) for c, files in images.items() if not files]
+        if empty:
+            raise ValueError(f"class folder(s) with no images: {', '.join(empty)}; an empty class would shift every later "
+                             f"class's index: add images ({', '.join(IMAGE_EXTENSIONS[:3])}, ...) or remove the folder")
         return samples
 
     def _folder_splits(self) -> dict[str, list[tuple[Any, str]]]:
@@ -388,26 +412,52 @@ class ImageDataModule(pl.LightningDataModule):
     # CSV -----------------------------------------------------------------------------------
 
     def _read_csv(self, path: str | os.PathLike) -> list[tuple[Path, str]]:
-        import pandas as pd
+        """(image file, label) per row; every bad row (wrong number of fields, missing file, empty label) is named
+        in one error."""
+        import csv
 
         path = Path(path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"CSV file {path} not found.")
-        frame = pd.read_csv(path)
-        image_column, label_column = _columns(list(frame.columns), self.image_column, self.label_column)
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if any(cell.strip() for cell in row)]
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise ValueError(f"{path} is not a readable UTF-8 CSV ({err}); save it as CSV with a header row") from None
+        if not rows:
+            raise ValueError(f"{path} is empty; it needs a header (image,label) and one row per image")
+        (_, header), body = rows[0], rows[1:]
+        header = [h.strip() for h in header]
+        image_column, label_column = _columns(header, self.image_column, self.label_column)
         for column in (image_column, label_column):
-            if column not in frame.columns:
-                raise ValueError(f"{path} has no column {column!r} (columns: {list(frame.columns)}); set image_column / label_column.")
-        if frame.empty:
+            if column not in header:
+                raise ValueError(f"{path} has no column {column!r} (columns: {header}); set image_column / label_column.")
+        if not body:
             raise ValueError(f"{path} has no rows.")
+        ragged = [f"line {n}: {len(row)} fields, the header has {len(header)}" for n, row in body if len(row) != len(header)]
+        if ragged:
+            raise ValueError(f"{path} is not a well-formed CSV: {'; '.join(ragged[:10])}; every row needs the header's columns")
+        i_image, i_label = header.index(image_column), header.index(label_column)
         base = self.image_dir or self.data_dir or path.parent
-        samples = []
-        for image, label in zip(frame[image_column], frame[label_column]):
-            file = Path(str(image)).expanduser()
+        samples, bad = [], []
+        for row, (image, label) in ((n, (fields[i_image], fields[i_label])) for n, fields in body):
+            file = Path(str(image).strip()).expanduser()
             file = file if file.is_absolute() else base / file
-            if not file.is_file():
-                raise FileNotFoundError(f"{path}: image {file} (row value {image!r}) not found.")
-            samples.append((file, str(label)))
+            label = str(label).strip()
+            if not str(image).strip():
+                bad.append(f"line {row}: empty {image_column!r}")
+            elif not file.is_file():
+                bad.append(f"line {row}: image {file} not found")
+            elif not label or label.lower() in ("nan", "none", "null"):
+                bad.append(f"line {row}: empty {label_column!r} for {file.name}")
+            else:
+                samples.append((file, label))
+        if bad and not self.skip_bad_files:
+            error = FileNotFoundError if any(b.endswith("not found") for b in bad) else ValueError
+            raise error(f"{path}: {len(bad)} bad row(s): {'; '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}; "
+                        "fix them, or pass skip_bad_files=True to leave them out")
+        if bad:
+            self._skip([f"{path} {b}" for b in bad])
         return samples
 
     def _csv_splits(self) -> dict[str, list[tuple[Any, str]]]:

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant (golden ratio): spreads consecutive seeds apart
 
@@ -49,37 +49,55 @@ def seeded(seed: int) -> Iterator[None]:
         torch.set_rng_state(cpu)
 
 
-class EpochSampler(Sampler[int]):
-    """Indices of one epoch, in an order that is a function of ``(seed, epoch)`` alone.
+class _EpochOrder:
+    """An epoch's indices, in an order that is a function of ``(seed, epoch)`` alone.
 
     Yields ``epoch * n + index`` (so the dataset wrapper knows the epoch, in worker processes too); ``start``
     skips that many positions of the next pass (set when resuming mid-epoch).
     """
 
-    def __init__(self, n: int, seed: int, *, shuffle: bool = True, weights: Sequence[float] | None = None) -> None:
-        self.n, self.seed, self.shuffle = n, int(seed), shuffle
-        self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
-        self.epoch = 0
-        self.start = 0
+    n: int
+    seed: int
+    epoch: int = 0
+    start: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.n))
-        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-        if self.weights is not None:
-            return torch.multinomial(self.weights, self.n, replacement=True, generator=gen).tolist()
-        return torch.randperm(self.n, generator=gen).tolist()
+        raise NotImplementedError
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
 
     def __iter__(self) -> Iterator[int]:
         start, self.start = self.start, 0
         base = self.epoch * self.n
         return iter([base + i for i in self.order()[start:]])
 
+
+class EpochSampler(_EpochOrder, Sampler[int]):
+    """A permutation per epoch (or the dataset's own order with ``shuffle=False``)."""
+
+    def __init__(self, n: int, seed: int, *, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle = n, int(seed), shuffle
+
+    def order(self) -> list[int]:
+        return torch.randperm(self.n, generator=self.generator()).tolist() if self.shuffle else list(range(self.n))
+
     def __len__(self) -> int:
         return self.n
+
+
+class EpochWeightedSampler(_EpochOrder, WeightedRandomSampler):
+    """``WeightedRandomSampler`` (with replacement: class-balanced sampling) whose draws are seeded by (seed, epoch)."""
+
+    def __init__(self, weights: Sequence[float], seed: int) -> None:
+        WeightedRandomSampler.__init__(self, weights, num_samples=len(weights), replacement=True)
+        self.n, self.seed = len(weights), int(seed)
+
+    def order(self) -> list[int]:
+        return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=self.generator()).tolist()
 
 
 class EpochSeeded(Dataset):
@@ -114,9 +132,9 @@ class ResumableLoader(DataLoader):
         self._resume: tuple[int, int] | None = None  # (epoch, batches) a checkpoint recorded
 
     @property
-    def epoch_sampler(self) -> EpochSampler | None:
+    def epoch_sampler(self) -> _EpochOrder | None:
         sampler = self.sampler
-        return sampler if isinstance(sampler, EpochSampler) else getattr(sampler, "sampler", None)
+        return sampler if isinstance(sampler, _EpochOrder) else getattr(sampler, "sampler", None)
 
     def __iter__(self) -> Iterator[Any]:
         sampler = self.epoch_sampler
@@ -145,11 +163,11 @@ def resumable_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: 
                      weights: Sequence[float] | None = None, **kwargs: Any) -> DataLoader:
     """A loader whose batches depend only on (seed, epoch, position): a :class:`ResumableLoader` over an
     :class:`EpochSampler`, samples read by :class:`EpochSeeded`. ``kwargs`` go to ``DataLoader``."""
-    sampler = EpochSampler(len(dataset), seed, shuffle=shuffle, weights=weights)
+    sampler = EpochSampler(len(dataset), seed, shuffle=shuffle) if weights is None else EpochWeightedSampler(weights, seed)
     # its own generator: DataLoader draws a base seed from it at every pass, which would otherwise advance the
     # global random state between a checkpoint and the batch after it
     generator = torch.Generator().manual_seed(mix_seed(seed, 1))
     return ResumableLoader(EpochSeeded(dataset, seed), batch_size=batch_size, sampler=sampler, generator=generator, **kwargs)
 
 
-__all__ = ["EpochSampler", "EpochSeeded", "ResumableLoader", "mix_seed", "resumable_loader", "seeded"]
+__all__ = ["EpochSampler", "EpochSeeded", "EpochWeightedSampler", "ResumableLoader", "mix_seed", "resumable_loader", "seeded"]

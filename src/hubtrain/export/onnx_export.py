@@ -24,6 +24,7 @@ from torch.utils._pytree import tree_leaves
 
 from hubtrain.errors import one_line
 from hubtrain.export.spec import ExportError, ExportSpec, ExportVerificationError, allowed_error, build_spec
+from hubtrain.utils import publish_mode
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def staged_output(path: str | os.PathLike) -> Iterator[Path]:
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmpdir / path.name
+        publish_mode(tmpdir)
         # weights first, graph last: whoever sees the graph also sees its weights
         produced = sorted(tmpdir.iterdir(), key=lambda p: p.name == path.name)
         for item in produced:

@@ -31,6 +31,7 @@ from pytorch_lightning.loops.training_epoch_loop import _TrainingEpochLoop
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
+from hubtrain.errors import RunInterrupted
 from hubtrain.training.callbacks import (
     AutoModelCheckpoint,
     RandomStateCheckpoint,
@@ -329,9 +330,24 @@ class AutoTrainer(pl.Trainer):
                     )
                 finally:
                     self._tuning = False
-        result = super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, **kwargs)
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        try:
+            result = super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, **kwargs)
+        except SIGTERMException:  # a SystemExit without a code: left alone, the process would exit 0
+            raise self._interrupted("SIGTERM") from None
         self._fitted_model = model
         return result
+
+    def _interrupted(self, why: str) -> RunInterrupted:
+        """Save the state reached (the loop stops between batches, so it is consistent) and say where it is."""
+        path = None
+        if self.global_step > 0 and self.is_global_zero:
+            path = Path(self.run_dir or self.default_root_dir) / "checkpoints" / "interrupted.ckpt"
+            self.save_checkpoint(path)
+        where = f"resume with ckpt_path={str(path)!r}" if path else "no checkpoint was saved (no step finished)"
+        return RunInterrupted(f"training interrupted by {why} at step {self.global_step}; {where}",
+                              checkpoint=str(path) if path else None)
 
     def _start_new_run(self) -> None:
         """Fitting another model on the same trainer (the seed's "all three work" example) trains it from epoch 0
