@@ -39,3 +39,37 @@ def test_model_card_without_push(classifier, tmp_path):
     assert (tmp_path / "README.md").read_text() == str(card)
     with pytest.raises(ValueError, match="repo_id must look like 'namespace/name'"):
         create_model_card(classifier, "no-namespace")
+
+
+def test_saved_folders_have_the_permissions_of_a_plain_write(classifier, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        folder = classifier.save_pretrained(tmp_path / "model")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    for name in ("model.safetensors", "config.json", "README.md"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o644, name  # mkstemp's 0600 would hide it from others
+
+
+def test_a_save_that_fails_midway_leaves_the_old_folder_whole(classifier, tmp_path, monkeypatch):
+    import hubtrain.artifacts as artifacts
+
+    folder = classifier.save_pretrained(tmp_path / "model")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with torch.no_grad():
+        changed = type(classifier).from_pretrained(folder)
+        changed.head[1].bias.add_(1.0)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full while writing the card")
+
+    monkeypatch.setattr(artifacts, "write_card", crash)
+    with pytest.raises(OSError, match="disk full"):
+        changed.save_pretrained(folder)
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert after == before  # the new weights never sat beside the old config
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left

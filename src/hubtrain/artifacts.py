@@ -597,6 +597,37 @@ def load(
     return timm.create_model(f"local-dir:{path}", pretrained=True).eval()
 
 
+# What a saved folder or checkpoint may name as a class (an optimiser, a scheduler, a metric): modules of these
+# packages only. A stored argument is data; importing a module it names would run that module's code.
+TRUSTED_PACKAGES = ("torch", "torchmetrics", "timm", "transformers", "pytorch_lightning", "lightning", "hubtrain")
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def check_stored_args(args: Any, source: Any) -> None:
+    """Refuse stored arguments that would run code: ``trust_remote_code`` turned on anywhere, or a dotted path into
+    a module outside :data:`TRUSTED_PACKAGES` (one-line ``ValueError`` naming the file, the value and the fix)."""
+    import importlib.util
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key == "trust_remote_code" and item:
+                    raise ValueError(f"{source}: {where}{key}={item!r}; a saved folder or checkpoint may not turn on "
+                                     "remote code (pass trust_remote_code=True yourself, in code or on the command line)")
+                walk(item, f"{where}{key}.")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{where}{i}.")
+        elif isinstance(value, str) and _DOTTED.fullmatch(value):
+            top = value.split(".")[0]
+            if top not in TRUSTED_PACKAGES and importlib.util.find_spec(top) is not None:
+                raise ValueError(f"{source}: {where.rstrip('.')}={value!r} names a class in module {top!r}; a saved folder "
+                                 f"or checkpoint may only name classes from {list(TRUSTED_PACKAGES)} (importing others "
+                                 "would run their code): pass the class yourself, in code")
+
+    walk(args, "")
+
+
 def load_task_folder(folder: Path, info: FolderInfo | None = None, *, map_location: str = "cpu", strict: bool = True,
                      **overrides: Any) -> Any:
     """A hubtrain-layout task folder -> the task, weights loaded, preprocessing restored."""
@@ -608,7 +639,9 @@ def load_task_folder(folder: Path, info: FolderInfo | None = None, *, map_locati
     info = info or describe(folder)
     if not (folder / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{folder / WEIGHTS_NAME} not found; a task folder needs the weights save_pretrained wrote")
-    model = task_class(info.config["hubtrain_task"])(**{**info.config.get("init_args", {}), **overrides})
+    stored = info.config.get("init_args", {})
+    check_stored_args(stored, folder / CONFIG_NAME)
+    model = task_class(info.config["hubtrain_task"])(**{**stored, **overrides})
     try:
         load_model(model, str(folder / WEIGHTS_NAME), strict=strict, device=str(map_location))
     except SafetensorError as err:
@@ -714,6 +747,7 @@ __all__ = [
     "canonicalize_safetensors",
     "check_folder",
     "check_repo_id",
+    "check_stored_args",
     "create_model_card",
     "describe",
     "infer_model_size",

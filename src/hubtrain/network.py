@@ -11,6 +11,7 @@ Rules every caller gets from here:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import socket
 from pathlib import Path
@@ -28,11 +29,30 @@ def _is_true(value: str | None) -> bool:
     return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
+_FORCED_OFFLINE: contextvars.ContextVar[str | None] = contextvars.ContextVar("hubtrain_forced_offline", default=None)
+
+
+@contextlib.contextmanager
+def offline(why: str) -> Iterator[None]:
+    """Within the block nothing is downloaded, whatever the environment says (``why`` goes into the error): what
+    rebuilding from a checkpoint uses, so a checkpoint can never make hubtrain fetch a model the user did not name."""
+    token = _FORCED_OFFLINE.set(why)
+    try:
+        yield
+    finally:
+        _FORCED_OFFLINE.reset(token)
+
+
+def offline_reason() -> str:
+    return _FORCED_OFFLINE.get() or "HF_HUB_OFFLINE is set"
+
+
 def hub_offline() -> bool:
-    """Offline if ``huggingface_hub`` thinks so, or if the variable was set after it was imported (tests do that)."""
+    """Offline inside :func:`offline`, if ``huggingface_hub`` thinks so, or if the variable was set after it was
+    imported (tests do that)."""
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or _is_true(os.environ.get("HF_HUB_OFFLINE")) or _is_true(
+    return _FORCED_OFFLINE.get() is not None or bool(constants.HF_HUB_OFFLINE) or _is_true(os.environ.get("HF_HUB_OFFLINE")) or _is_true(
         os.environ.get("TRANSFORMERS_OFFLINE")
     )
 
@@ -75,7 +95,7 @@ def hub_file(repo_id: str, filenames: Sequence[str], *, revision: str | None = N
         if isinstance(cached, str):
             return Path(cached)
     if hub_offline():
-        raise offline_error(model, repo_id, "HF_HUB_OFFLINE is set")
+        raise offline_error(model, repo_id, offline_reason())
 
     timeout = hub_timeout()
     errors = network_errors()
@@ -119,7 +139,7 @@ def hub_snapshot(repo_id: str, *, revision: str | None = None, allow_patterns: S
     except LocalEntryNotFoundError:
         pass
     if hub_offline():
-        raise offline_error(model, repo_id, "HF_HUB_OFFLINE is set")
+        raise offline_error(model, repo_id, offline_reason())
     try:
         with socket_timeout(hub_timeout()):
             return Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns, etag_timeout=hub_timeout()))
@@ -130,4 +150,4 @@ def hub_snapshot(repo_id: str, *, revision: str | None = None, allow_patterns: S
         raise FileNotFoundError(f"{model!r}: the Hub answered HTTP {status} for repo {repo_id!r}; check the repo id and your token") from None
 
 
-__all__ = ["hub_file", "hub_offline", "hub_snapshot", "hub_timeout", "network_errors", "offline_error", "socket_timeout"]
+__all__ = ["hub_file", "hub_offline", "offline", "hub_snapshot", "hub_timeout", "network_errors", "offline_error", "socket_timeout"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..network import hub_file, hub_offline, hub_timeout, network_errors, offline_error, socket_timeout
+from ..network import hub_file, hub_offline, hub_timeout, network_errors, offline_error, offline_reason, socket_timeout
 
 # Weight files a timm repo may hold, safest first (timm prefers the same order).
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -67,7 +67,7 @@ def resolve_timm_weights(model_name: str) -> dict[str, str] | None:
         if cached.is_file():
             return {"file": str(cached)}
         if hub_offline():
-            raise offline_error(model_name, None, f"HF_HUB_OFFLINE is set (nor is {cached} present)")
+            raise offline_error(model_name, None, f"{offline_reason()} (nor is {cached} present)")
         cached.parent.mkdir(parents=True, exist_ok=True)
         try:
             with socket_timeout(hub_timeout()):

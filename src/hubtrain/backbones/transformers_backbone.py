@@ -141,7 +141,8 @@ def _load_pretrained(folder: Path, name: str, config: Any, *, backbone: bool) ->
     from transformers import AutoModel
     from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 
-    kwargs: dict[str, Any] = {"config": config, "output_loading_info": True, "local_files_only": True}
+    # files are data: a folder that ships its own modeling code is refused, never run
+    kwargs: dict[str, Any] = {"config": config, "output_loading_info": True, "local_files_only": True, "trust_remote_code": False}
     if backbone:
         # The concrete class, not AutoBackbone.from_pretrained: that one asks the Hub whether the repo exists.
         model, info = MODEL_FOR_BACKBONE_MAPPING[type(config)].from_pretrained(str(folder), **kwargs)
@@ -233,7 +234,7 @@ def resolve_data_config(config: Any, folder: Path | None = None) -> dict[str, An
     if folder is not None and (folder / "preprocessor_config.json").is_file():
         from transformers import AutoImageProcessor
 
-        return _processor_data_config(AutoImageProcessor.from_pretrained(str(folder), local_files_only=True))
+        return _processor_data_config(AutoImageProcessor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False))
     processor = _default_processor(config)
     data = (
         _processor_data_config(processor)
@@ -560,7 +561,7 @@ def create_transformers_backbone(
         from transformers import AutoConfig
 
         folder, name = _source_folder(spec, pretrained=pretrained)
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         source = source or name
     else:
         raise ValueError(

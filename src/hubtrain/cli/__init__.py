@@ -129,7 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input ends in one line that says what and where, and a non-zero exit; anything else is a bug to report.
         if not _is_user_error(err):
             raise
-        print(f"hubtrain {command}: error: {_first_line(err)}", file=sys.stderr)
+        message = _first_line(err)
+        config = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+        if config and config not in message:  # a YAML error names a line, not the file: say which file
+            message += f" (in {config})"
+        print(f"hubtrain {command}: error: {message}", file=sys.stderr)
         return 2
     parser.print_help()
     return 0

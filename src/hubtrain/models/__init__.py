@@ -121,6 +121,8 @@ def _pretrained_causal_lm(name_or_path: str, **kwargs: Any) -> Any:
     register_all()
     if config.get("model_type") in native_model_types():
         kwargs.pop("trust_remote_code", None)  # hubtrain's own code, never the copy saved in the folder
+    else:
+        kwargs.setdefault("trust_remote_code", False)  # refuse (not prompt for) code the folder ships
     try:
         return AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     except OSError as err:

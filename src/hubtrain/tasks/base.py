@@ -333,18 +333,52 @@ class BaseTask(pl.LightningModule):
     @classmethod
     def from_checkpoint_args(cls, hparams: dict[str, Any], *, source: Any = "checkpoint", **overrides: Any) -> "BaseTask":
         """The task a checkpoint's hyper-parameters describe, built only after they are checked as data: every key
-        must be an argument of this task, and the task's own :meth:`checkpoint_args` must accept them."""
+        must be an argument of this task, none may turn on remote code or name a class outside the trusted packages
+        (:func:`hubtrain.artifacts.check_stored_args`), the task's own :meth:`checkpoint_args` must accept them, and
+        nothing is downloaded while it is built."""
+        from ..artifacts import check_stored_args
+        from ..network import offline
+
         args = cls.init_kwargs(dict(hparams))
         accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
         unknown = sorted(set(args) - accepted)
         if unknown:
             raise ValueError(f"{source}: the checkpoint's hyper-parameters {unknown} are not arguments of {cls.__name__}; "
                              "it was not written by this task (hubtrain rebuilds checkpoints from known arguments only)")
+        check_stored_args(args, source)
         try:
             args = cls.checkpoint_args(args)
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from None
-        return cls(**{**args, **overrides})
+        with offline(f"{source} is being rebuilt (a checkpoint never makes hubtrain download anything)"):
+            return cls(**{**args, **overrides})
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike, map_location: Any = None,
+                             hparams_file: str | os.PathLike | None = None, strict: bool | None = None,
+                             weights_only: bool | None = None, **kwargs: Any) -> "BaseTask":
+        """Lightning's ``load_from_checkpoint``, with the checkpoint read as data: ``torch.load(weights_only=True)``,
+        and the task rebuilt by :meth:`from_checkpoint_args` (its hyper-parameters checked first). ``kwargs``
+        override stored arguments, as in Lightning."""
+        from ..artifacts import _state_dict_of, read_checkpoint
+        from . import task_class
+
+        if hparams_file is not None:
+            raise ValueError("load_from_checkpoint(hparams_file=...): hubtrain tasks rebuild from the checkpoint's own "
+                             "hyper-parameters; pass overrides as keyword arguments instead")
+        if weights_only is False:
+            raise ValueError("load_from_checkpoint(weights_only=False) would unpickle code from the file; hubtrain "
+                             "checkpoints hold only tensors and JSON values, so leave weights_only at its default")
+        path = Path(checkpoint_path)
+        raw = read_checkpoint(path)
+        saved = raw.get("hubtrain_task")
+        if saved is not None and not issubclass(task_class(saved), cls):
+            raise ValueError(f"{path} holds a {saved}, not a {cls.__name__}; load it with {saved}.load_from_checkpoint")
+        hparams = raw.get("hyper_parameters") if isinstance(raw.get("hyper_parameters"), dict) else {}
+        model = cls.from_checkpoint_args(hparams, source=path, **kwargs)
+        model.on_load_checkpoint(raw)
+        model.load_state_dict(_state_dict_of(raw, path), strict=True if strict is None else strict)
+        return model.to(map_location) if map_location is not None and not callable(map_location) else model
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.preprocessing = checkpoint.get("hubtrain_preprocessing", self.preprocessing)

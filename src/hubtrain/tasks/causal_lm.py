@@ -143,6 +143,14 @@ class CausalLMTask(BaseTask):
         if hparams.get("model_kwargs"):
             raise ValueError(f"the checkpoint sets model_kwargs={hparams['model_kwargs']!r:.80}; checkpoints are data and "
                              "may not pass arguments to model loading (such as trust_remote_code)")
+        tokenizer = hparams.get("tokenizer")
+        if tokenizer is not None and not Path(str(tokenizer)).is_dir():
+            # a folder on the machine that trained, or a repo id: never fetched on a checkpoint's word
+            from pytorch_lightning.utilities import rank_zero_warn
+
+            rank_zero_warn(f"the checkpoint's tokenizer {tokenizer!r} is not a local folder; rebuilt without it "
+                           "(pass tokenizer=... to load_from_checkpoint to attach one)")
+            hparams = {**hparams, "tokenizer": None}
         return hparams
 
     # -- tokenizer bookkeeping ------------------------------------------------------------------------------------

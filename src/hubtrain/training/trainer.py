@@ -343,7 +343,7 @@ class AutoTrainer(pl.Trainer):
         """Save the state reached (the loop stops between batches, so it is consistent) and say where it is."""
         path = None
         if self.global_step > 0 and self.is_global_zero:
-            path = Path(self.run_dir or self.default_root_dir) / "checkpoints" / "interrupted.ckpt"
+            path = (Path(self.run_dir or self.default_root_dir) / "checkpoints" / "interrupted.ckpt").resolve()
             self.save_checkpoint(path)
         where = f"resume with ckpt_path={str(path)!r}" if path else "no checkpoint was saved (no step finished)"
         return RunInterrupted(f"training interrupted by {why} at step {self.global_step}; {where}",
