@@ -204,9 +204,10 @@ class ResNetBKGreenMixer(nn.Module):
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
-        d, H, P = config.d_model, config.num_channels, config.channel_dim
-        self.num_channels, self.channel_dim = H, P
-        self.in_proj = nn.Linear(d, 2 * H + H * P + d)  # potential, hopping, values, output gate
+        d, H, P, K = config.d_model, config.num_channels, config.channel_dim, config.key_dim
+        self.num_channels, self.channel_dim, self.key_dim = H, P, K
+        # potential, hopping, values, (keys and queries,) output gate
+        self.in_proj = nn.Linear(d, 2 * H + H * P + 2 * H * K + d)
         self.energy = nn.Parameter(torch.empty(H))
         self.rho = nn.Parameter(torch.empty(H))
         self.out_proj = nn.Linear(H * (2 * P + 2), d)
@@ -243,6 +244,24 @@ class ResNetBKGreenMixer(nn.Module):
             a = a + self.config.prime_bump_scale * bump.unsqueeze(-1)
         return a
 
+    def scanned_values(self, v: Tensor, kq: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """What the resolvent is applied to, (..., H, scan width), and the queries that read it out (or None).
+
+        Plain values v_j (P per channel); with keys, the outer products k_j v_j^T (K x P per channel) of unit keys.
+        """
+        H, P, K = self.num_channels, self.channel_dim, self.key_dim
+        v = v.unflatten(-1, (H, P))
+        if not K:
+            return v, None
+        k, q = F.normalize(kq.unflatten(-1, (2, H, K)), dim=-1).unbind(-3)
+        return (k.unsqueeze(-1) * v.unsqueeze(-2)).flatten(-2), q
+
+    def read_out(self, y: Tensor, q: Optional[Tensor]) -> Tensor:
+        """y (..., H, scan width) -> (..., H, P): the values themselves, or q^T Y of the key-value state Y."""
+        if q is None:
+            return y
+        return (q.unsqueeze(-1) * y.unflatten(-1, (self.key_dim, self.channel_dim))).sum(-2)
+
     def forward(
         self,
         x: Tensor,
@@ -254,12 +273,13 @@ class ResNetBKGreenMixer(nn.Module):
     ) -> tuple[Tensor, Tensor, Optional[dict[str, Tensor]]]:
         c = self.config
         B, N, d = x.shape
-        H, P = self.num_channels, self.channel_dim
-        a_raw, t_raw, v, gate = self.in_proj(x).split([H, H, H * P, d], dim=-1)
+        H, P, K = self.num_channels, self.channel_dim, self.key_dim
+        a_raw, t_raw, v, kq, gate = self.in_proj(x).split([H, H, H * P, 2 * H * K, d], dim=-1)
         a = self.potential(a_raw, positions)
         # coupling between i-1 and i, decided by token i; padding contributes no values and cuts the coupling
         t = torch.sigmoid(t_raw) * mask_prev.unsqueeze(-1)
-        u = v.reshape(B, N, H, P) * mask[..., None, None]
+        u, q = self.scanned_values(v, kq)
+        u = u * mask[..., None, None]
         energy, eta = self.energy_eta()
         if c.use_birman_schwinger:
             sqrt_v = a.abs().sqrt()
@@ -289,6 +309,7 @@ class ResNetBKGreenMixer(nn.Module):
                 if new_state is not None:
                     new_state["bs_max"], new_state["bs_sum"] = run_max[:, -1], run_sum[:, -1]
 
+        y_re, y_im = self.read_out(y_re, q), self.read_out(y_im, q)
         # the Ward identity bounds eta * |y| by the value norm and eta * |g| by 1
         e = eta.unsqueeze(-1)
         feats = torch.cat([y_re * e, y_im * e, (g_re * eta).unsqueeze(-1), (g_im * eta).unsqueeze(-1)], dim=-1)
@@ -324,11 +345,11 @@ class ResNetBKGreenMixer(nn.Module):
         """
         c = self.config
         B, d = x.shape
-        H, P = self.num_channels, self.channel_dim
-        a_raw, t_raw, v, gate = self.in_proj(x).split([H, H, H * P, d], dim=-1)
+        H, P, K = self.num_channels, self.channel_dim, self.key_dim
+        a_raw, t_raw, v, kq, gate = self.in_proj(x).split([H, H, H * P, 2 * H * K, d], dim=-1)
         a = self.potential(a_raw, positions)
         t = torch.sigmoid(t_raw) * keep
-        u = v.view(B, H, P)
+        u, q = self.scanned_values(v, kq)
         if c.use_birman_schwinger:
             sqrt_v = a.abs().sqrt()
             u = u * (torch.sign(a) * sqrt_v).unsqueeze(-1)
@@ -345,6 +366,7 @@ class ResNetBKGreenMixer(nn.Module):
                 thr2 = float(c.schatten_threshold) ** 2
                 scale = torch.sqrt(thr2 / torch.maximum(bound2, bound2.new_tensor(thr2))).unsqueeze(-1)
                 y_re, y_im = y_re * scale, y_im * scale
+        y_re, y_im = self.read_out(y_re, q), self.read_out(y_im, q)
         feats = torch.cat([y_re, y_im, g_re.unsqueeze(-1), g_im.unsqueeze(-1)], dim=-1).view(B, H * (2 * P + 2))
         out = F.linear(feats, consts["out_w"], self.out_proj.bias)
         if c.use_semiseparable:
