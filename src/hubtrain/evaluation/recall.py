@@ -303,10 +303,8 @@ def state_bytes_per_layer(model: Any, batch: int = 1) -> int | None:
         layers = getattr(cache, "layers", [None])
         total = sum(t.numel() * t.element_size() for k, t in cache.to_tensors().items() if k.startswith("layer."))
         return total // max(1, len(layers)) // batch
-    layers = getattr(cache, "layers", None)
-    if layers and all(hasattr(layer, "recurrent_states") or hasattr(layer, "conv_states") for layer in layers):
-        first = layers[0]  # transformers' Mamba: convolution state + SSM state of one layer
-        tensors = [getattr(first, name, None) for name in ("conv_states", "recurrent_states")]
+    if hasattr(cache, "get_recurrent_state"):  # transformers' linear-attention caches (Mamba): conv + SSM state
+        tensors = [cache.get_conv_state(0), cache.get_recurrent_state(0)]
         return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor)) // batch
     return None
 
