@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -160,29 +160,63 @@ class OnnxGenerator:
         logits, *state = self.session.run(None, feeds)
         return logits, state
 
-    def generate(self, input_ids: np.ndarray | Sequence[Sequence[int]], max_new_tokens: int = 20,
-                 eos_token_id: int | None = None) -> np.ndarray:
-        """Greedy continuation of ``input_ids`` (B, N): the prompt is consumed by the same decode graph."""
+    def stream(self, input_ids: np.ndarray | Sequence[Sequence[int]], max_new_tokens: int = 20,
+               eos_token_id: int | None = None, *, temperature: float = 0.0, top_k: int | None = None,
+               top_p: float | None = None, seed: int | None = None) -> Iterator[np.ndarray]:
+        """Yield the next token of every row, (B,), as it is chosen: greedy, or sampled when ``temperature`` > 0
+        (with optional top-k / top-p filtering, as ``generate`` in transformers). The prompt (B, N) is consumed by
+        the same decode graph. Rows that produced ``eos_token_id`` keep producing it."""
         ids = np.asarray(input_ids, dtype=np.int64)
         if ids.ndim != 2 or ids.shape[1] == 0:
             raise ValueError(f"input_ids must be (batch, length>=1), got shape {ids.shape}")
         batch = ids.shape[0]
+        rng = np.random.default_rng(seed)
         state = self.zero_state(batch)
         logits = None
         for i in range(ids.shape[1]):
             logits, state = self.step(ids[:, i], state)
-        out = [ids]
         done = np.zeros(batch, dtype=bool)
-        for _ in range(max_new_tokens):
-            nxt = logits.argmax(-1).astype(np.int64)
+        for n in range(max_new_tokens):
+            nxt = _choose(logits, temperature, top_k, top_p, rng)
             if eos_token_id is not None:
                 nxt = np.where(done, eos_token_id, nxt)
                 done |= nxt == eos_token_id
-            out.append(nxt[:, None])
-            if eos_token_id is not None and done.all():
-                break
+            yield nxt
+            if (eos_token_id is not None and done.all()) or n == max_new_tokens - 1:
+                return
             logits, state = self.step(nxt, state)
-        return np.concatenate(out, axis=1)
+
+    def generate(self, input_ids: np.ndarray | Sequence[Sequence[int]], max_new_tokens: int = 20,
+                 eos_token_id: int | None = None, **sampling: Any) -> np.ndarray:
+        """The prompt followed by its continuation, (B, N + new): greedy unless ``temperature`` > 0 (see ``stream``)."""
+        ids = np.asarray(input_ids, dtype=np.int64)
+        new = [t[:, None] for t in self.stream(ids, max_new_tokens, eos_token_id, **sampling)]
+        return np.concatenate([ids, *new], axis=1)
+
+
+def _choose(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
+            rng: np.random.Generator) -> np.ndarray:
+    """Greedy argmax, or a sample from softmax(logits / temperature) restricted to the top-k tokens and the smallest
+    set whose probability reaches top-p (the most likely token always stays)."""
+    if temperature <= 0:
+        return logits.argmax(-1).astype(np.int64)
+    scores = logits.astype(np.float64) / temperature
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = np.sort(scores, axis=-1)[:, -top_k][:, None]
+        scores = np.where(scores < kth, -np.inf, scores)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-probs, axis=-1)
+        sorted_probs = np.take_along_axis(probs, order, -1)
+        drop_sorted = np.cumsum(sorted_probs, -1) - sorted_probs >= top_p  # mass before this token already enough
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, -1)
+        probs = np.where(drop, 0.0, probs)
+        probs /= probs.sum(-1, keepdims=True)
+    cumulative = probs.cumsum(-1)
+    draws = rng.random((probs.shape[0], 1)) * cumulative[:, -1:]
+    return (cumulative < draws).sum(-1).clip(max=probs.shape[-1] - 1).astype(np.int64)
 
 
 def onnx_generate(decode_path: str | os.PathLike, input_ids: Any, max_new_tokens: int = 20,
