@@ -17,6 +17,7 @@ from hubtrain.data.text import TextDataModule
 from hubtrain.tasks.causal_lm import CausalLMTask, _warmup_cosine
 from hubtrain.training import AutoTrainer
 from hubtrain.training.strategies import fsdp_strategy
+from learning import assert_beats_baseline, ngram_loss
 
 VOCAB = 384
 BLOCK = 64
@@ -68,25 +69,28 @@ def trainer(tmp_path: Path, **kwargs) -> AutoTrainer:
     return AutoTrainer(**kwargs)
 
 
-def test_resnet_bk_training_lowers_validation_loss(dm, tmp_path):
+def test_resnet_bk_training_beats_the_bigram_baseline(dm, tmp_path):
+    """Judged against the count models of the same split: the bigram of the training blocks scores 3.81 nats/token on
+    the validation blocks, the unigram 4.97. Measured here: 5.95 -> 3.59 in 300 steps (307k tokens, about 20 s on one
+    core); with the mixer's output zeroed (a model of the current token alone) the same run ends at 3.93."""
     pl.seed_everything(0)
-    task = CausalLMTask("resnet_bk:1M", tokenizer=dm.tokenizer, model_kwargs=RESNET_BK_TINY, lr=3e-3, warmup_steps=6)
+    task = CausalLMTask("resnet_bk:1M", tokenizer=dm.tokenizer, model_kwargs=RESNET_BK_TINY, lr=5e-3, warmup_steps=6)
     assert task.model.config.vocab_size == VOCAB and task.model.config.d_model == 64
-    t = trainer(tmp_path, max_steps=60, val_check_interval=30, limit_val_batches=6)
+    t = trainer(tmp_path, max_steps=300, val_check_interval=100, limit_val_batches=6)
     before = t.validate(task, datamodule=dm, verbose=False)[0]["val/loss"]
     # An untrained model predicts roughly uniformly: loss near ln(vocab).
     assert abs(before - math.log(VOCAB)) < 0.5
-    t = trainer(tmp_path, max_steps=60, val_check_interval=30, limit_val_batches=6)
+    t = trainer(tmp_path, max_steps=300, val_check_interval=100, limit_val_batches=6)
     t.fit(task, datamodule=dm)
     after = task.val_metrics
-    # Measured here: about 5.9 -> 4.2 nats/token in 60 steps (61k tokens); require a drop of 1.2 nats.
-    assert after["val/loss"] < before - 1.2, (before, after)
+    train, val = dm.datasets["train"].blocks, dm.datasets["val"].blocks[: 6 * dm.batch_size]  # the blocks validated
+    assert_beats_baseline(after["val/loss"], ngram_loss(train, val, VOCAB, order=2), 0.1, "ResNet-BK vs bigram")
     assert after["val/perplexity"] == pytest.approx(math.exp(after["val/loss"]), rel=1e-4)
     assert after["val/bits_per_byte"] == pytest.approx(after["val/loss"] / math.log(2) / dm.bytes_per_token["val"], rel=1e-4)
     logged = t.callback_metrics
     assert logged["train/tokens_per_s"] > 0 and logged["val/tokens_per_s"] > 0
     # Warmup then cosine: at the last step the LR has decayed to about lr * min_lr_ratio.
-    assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(3e-3 * 0.1, rel=0.05)
+    assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-3 * 0.1, rel=0.05)
     # The run directory holds the metrics and a checkpoint named after the real validation loss.
     assert (t.run_dir / "metrics.csv").is_file()
     ckpts = list((t.run_dir / "checkpoints").glob("*.ckpt"))
@@ -206,6 +210,7 @@ DDP_SCRIPT = """
 import json, sys, torch
 from transformers import GPT2Config
 from hubtrain.data.text import TextDataModule
+from learning import assert_beats_baseline, ngram_loss
 from hubtrain.tasks.causal_lm import CausalLMTask, _warmup_cosine
 from hubtrain.training import AutoTrainer
 

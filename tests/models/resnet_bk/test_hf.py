@@ -18,6 +18,15 @@ from checks import assert_context_dependent, assert_generates_like_reference, gr
 from hubtrain.compat import output_cache
 from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM, ResNetBKModel
 from hubtrain.models.resnet_bk.modeling_resnet_bk import ResNetBKCache
+from learning import (
+    CONTEXT_BATCH,
+    CONTEXT_LR,
+    CONTEXT_STEPS,
+    assert_solves_context_task,
+    context_task_model,
+    periodic_sequences,
+    score_context_task,
+)
 
 TINY = dict(vocab_size=64, d_model=32, n_layers=2, num_channels=4, channel_dim=4, num_experts=2, top_k=1, n_seq=16)
 ALL_OPTIONS = dict(
@@ -291,22 +300,25 @@ def test_cache_state_is_constant_size_and_continues_the_sequence():
     assert sizes[0] == sizes[1]
 
 
-def test_trainer_runs_and_lowers_the_loss(tmp_path):
+def test_trainer_learns_a_task_only_context_solves(tmp_path, one_thread):
+    """transformers' Trainer trains ResNet-BK on the context task (see tests/learning.py) to the same bar as the plain
+    loop: 2 nats below the bigram baseline. Measured here: loss 0.03 nats, accuracy 1.00, about 6 s on one core."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
-    torch.manual_seed(0)
-    seqs = [[(3 * i + k) % 16 for i in range(24)] for k in range(32)]  # a learnable periodic language
-    data = Dataset.from_dict({"input_ids": seqs, "labels": seqs})
-    model = tiny_model().train()
+    train = periodic_sequences(CONTEXT_STEPS * CONTEXT_BATCH, seed=0)
+    data = Dataset.from_dict({"input_ids": train.tolist(), "labels": train.tolist()})
+    model = context_task_model()
     args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=8, learning_rate=3e-3,
-        logging_steps=5, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
+        output_dir=str(tmp_path), max_steps=CONTEXT_STEPS, per_device_train_batch_size=CONTEXT_BATCH,
+        learning_rate=CONTEXT_LR, lr_scheduler_type="constant", weight_decay=0.0, logging_steps=10, report_to=[],
+        use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=data)
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    assert losses[-1] < 0.7 * losses[0], losses
+    assert len(losses) == CONTEXT_STEPS // 10 and losses[-1] < losses[0]
+    assert_solves_context_task(score_context_task(model, train))
 
 
 def test_huge_activations_give_finite_outputs_and_gradients():
