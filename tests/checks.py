@@ -69,13 +69,44 @@ def assert_context_dependent(model: Any, vocab_size: int, *, prompts: int = 16, 
     )
 
 
+def assert_varied_continuation(reference: Any, prompt_len: int, min_distinct: int = 3) -> None:
+    """The reference's continuation is not one repeated token (a comparison with it would prove little)."""
+    new = torch.as_tensor(reference)[:, prompt_len:]
+    distinct = len(set(new.flatten().tolist()))
+    assert distinct >= min_distinct, f"degenerate reference continuation: only {distinct} distinct token(s)"
+
+
 def assert_generates_like_reference(generated: Any, reference: Any, prompt_len: int, *, min_distinct: int = 3) -> None:
     """``generated`` (tokens, any array-like) equals the independent ``reference``, and the reference's
     continuation is not one repeated token."""
     generated, reference = torch.as_tensor(generated), torch.as_tensor(reference)
-    new = reference[:, prompt_len:]
-    distinct = len(set(new.flatten().tolist()))
-    assert distinct >= min_distinct, f"degenerate reference continuation: only {distinct} distinct token(s)"
+    assert_varied_continuation(reference, prompt_len, min_distinct)
     assert generated.shape == reference.shape, f"shape {tuple(generated.shape)} != reference {tuple(reference.shape)}"
     bad = (generated != reference).any(dim=1).nonzero().flatten().tolist()
     assert not bad, f"rows {bad} differ from the uncached greedy reference: {generated[bad[0]].tolist()} vs {reference[bad[0]].tolist()}"
+
+
+def assert_prints_like_reference(printed: str, reference: Any, tokenizer: Any, prompt_len: int, *, min_distinct: int = 3) -> None:
+    """Text a command printed is the decoded (one-row) ``reference``, whose continuation is not one repeated token."""
+    assert_varied_continuation(reference, prompt_len, min_distinct)
+    expected = tokenizer.decode(torch.as_tensor(reference)[0], skip_special_tokens=True).strip()
+    assert printed.strip() == expected, f"printed {printed.strip()!r}; the uncached greedy reference is {expected!r}"
+
+
+def save_with_char_tokenizer(model: Any, folder: Any) -> Any:
+    """Save ``model`` (vocabulary >= 64) with a fixed character-level byte-BPE tokenizer: id 0 is ``<eos>``, then
+    byte-level space and newline, lower-case letters, digits and punctuation, one token each (the same ids every
+    run, nothing trained). Returns the folder."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = ["Ġ", "Ċ", *string.ascii_lowercase, *string.digits, *"():,.*+-=_[]{}<>"]  # Ġ, Ċ: byte-level space, newline
+    vocab = {"<eos>": 0, **{c: i + 1 for i, c in enumerate(chars[:63])}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    model.save_pretrained(folder)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>").save_pretrained(folder)
+    return folder
