@@ -5,6 +5,7 @@ Each check raises ``AssertionError`` with a message that says what was wrong.
 """
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -110,3 +111,32 @@ def save_with_char_tokenizer(model: Any, folder: Any) -> Any:
     model.save_pretrained(folder)
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>").save_pretrained(folder)
     return folder
+
+
+# ResNet-BK's optional terms: the options that turn each on (tiny models, see assert_option_contributes), and the
+# config fields that remove only its contribution from a copy with the same parameters
+OPTION_CONTRIBUTIONS = {
+    "semiseparable": (dict(use_semiseparable=True, low_rank=4), dict(use_semiseparable=False)),
+    "birman_schwinger": (dict(use_birman_schwinger=True, schatten_threshold=0.5), dict(use_birman_schwinger=False)),
+    "prime_bump": (dict(use_prime_bump=True, prime_bump_scale=0.5), dict(use_prime_bump=False)),
+    # 3 layers, halting after about two: the halted tokens keep their state for the last layer
+    "act": (dict(use_act=True, n_layers=3, act_halt_threshold=0.88), dict(use_act=False)),
+}
+
+
+@torch.no_grad()
+def assert_option_contributes(model: Any, off: dict, input_ids: torch.Tensor, min_change: float = 1e-4) -> None:
+    """Removing only an option's contribution moves the logits by at least ``min_change`` of their scale.
+
+    The comparison is a copy of ``model`` with the same parameters and ``off`` set in its config: a model built
+    without the option would differ anyway, through the random init of the parameters the option adds.
+    """
+    without = copy.deepcopy(model)
+    for name, value in off.items():
+        setattr(without.config, name, value)
+    logits = model(input_ids).logits
+    change = ((logits - without(input_ids).logits).abs().max() / logits.abs().max()).item()
+    assert change >= min_change, (
+        f"setting {off} on the same model changes its logits by {change:.1e} of their scale (< {min_change:.0e}): "
+        "the option contributes nothing"
+    )
