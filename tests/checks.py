@@ -140,3 +140,26 @@ def assert_option_contributes(model: Any, off: dict, input_ids: torch.Tensor, mi
         f"setting {off} on the same model changes its logits by {change:.1e} of their scale (< {min_change:.0e}): "
         "the option contributes nothing"
     )
+
+
+def adversarial_scan_inputs(n: int = 16384) -> tuple[torch.Tensor, ...]:
+    """Float32 inputs (a, hop, z_re, z_im, u_re) of ``green_scan`` at the limits: potentials of 1e4 and exactly 0
+    (resonance at E = 0), hoppings saturated at 0 and 1, eta from 1e-3 to 1, values of 1e3, ``n`` tokens."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(1, n, 4, generator=gen) * 1e4
+    a[:, ::7] = 0.0
+    hop = torch.sigmoid(torch.randn(1, n, 4, generator=gen) * 50)
+    z_re, z_im = torch.tensor([0.0, 0.5, -1.9, 1.0]), torch.tensor([1e-3, 0.05, 0.2, 1.0])
+    return a, hop, z_re, z_im, torch.randn(1, n, 4, 2, generator=gen) * 1e3
+
+
+def assert_matches_scan_reference(inputs: tuple[torch.Tensor, ...], outputs: tuple[torch.Tensor, ...], rtol: float = 1e-5) -> None:
+    """``outputs`` (g_re, g_im, y_re, y_im) of a scan over ``inputs`` (real values) equal the sequential reference
+    recurrence run in float64, within ``rtol`` of each channel's largest value."""
+    from hubtrain.models.resnet_bk import green_scan_reference
+
+    reference = green_scan_reference(*(x.double() for x in inputs), None)
+    for name, out, ref in zip(("g_re", "g_im", "y_re", "y_im"), outputs, reference):
+        scale = ref.abs().amax(dim=(0, 1)).clamp_min(1e-30)
+        error = ((out.double() - ref).abs().amax(dim=(0, 1)) / scale).max().item()
+        assert error <= rtol, f"{name} differs from the float64 reference scan by {error:.1e} of its scale (> {rtol:.0e})"
