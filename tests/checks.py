@@ -5,9 +5,10 @@ Each check raises ``AssertionError`` with a message that says what was wrong.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -163,3 +164,48 @@ def assert_matches_scan_reference(inputs: tuple[torch.Tensor, ...], outputs: tup
         scale = ref.abs().amax(dim=(0, 1)).clamp_min(1e-30)
         error = ((out.double() - ref).abs().amax(dim=(0, 1)) / scale).max().item()
         assert error <= rtol, f"{name} differs from the float64 reference scan by {error:.1e} of its scale (> {rtol:.0e})"
+
+
+@contextlib.contextmanager
+def recording_inputs(metric: Any) -> Iterator[list[torch.Tensor]]:
+    """Inside the block, every ``metric.update(preds, target)`` also appends ``preds`` to the list it yields."""
+    seen: list[torch.Tensor] = []
+    update = metric.update  # torchmetrics' wrapped update, an instance attribute
+
+    def recording(preds: torch.Tensor, target: torch.Tensor) -> None:
+        seen.append(preds.detach().clone())
+        update(preds, target)
+
+    metric.update = recording
+    try:
+        yield seen
+    finally:
+        metric.update = update
+
+
+def validate_recording_metric_inputs(model: Any, data: Any, name: str, tmp_path: Any) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Validate ``model`` on ``data`` and record what the metric logged as ``name`` (``"val/auroc"``) received.
+
+    Returns (the logged metrics, the predictions the metric got, the model's logits for the same images).
+    """
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    with recording_inputs(model.metrics.metrics(name.split("/")[0])[name]) as seen:
+        logged = trainer.validate(model, datamodule=data, verbose=False)[0]
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(images) for images, _ in data.val_dataloader()])
+    return logged, torch.cat(seen), logits
+
+
+def assert_probabilities_of(preds: torch.Tensor, logits: torch.Tensor, *, multi_label: bool = False) -> None:
+    """``preds`` are the softmax (sigmoid for multi-label) of ``logits``: probabilities, not the logits themselves."""
+    expected = logits.float().sigmoid() if multi_label else logits.float().softmax(-1)
+    assert preds.shape == expected.shape, f"predictions {tuple(preds.shape)} for logits {tuple(expected.shape)}"
+    error = (preds.float() - expected).abs().max().item()
+    assert error <= 1e-5, (
+        f"the predictions are not the {'sigmoid' if multi_label else 'softmax'} of the logits (max difference "
+        f"{error:.2e}; values in [{preds.min().item():.3f}, {preds.max().item():.3f}])"
+    )

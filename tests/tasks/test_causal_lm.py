@@ -162,8 +162,13 @@ def test_save_pretrained_loads_with_auto_classes_and_generates(dm, tmp_path, mod
 def test_accumulation_and_bf16_mixed(dm, tmp_path):
     rec = StepRecorder()
     task = CausalLMTask(tiny_gpt2(), tokenizer=dm.tokenizer)
+    dtypes = []  # what the first attention projection computed in, per forward
+    task.model.transformer.h[0].attn.c_attn.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     t = trainer(tmp_path, max_steps=3, accumulate_grad_batches=2, precision="bf16-mixed", limit_val_batches=1, callbacks=[rec])
     t.fit(task, datamodule=dm)
+    # bf16 autocast ran the matrix products (training and validation alike); the weights stayed float32
+    assert dtypes and set(dtypes) == {torch.bfloat16}, dtypes
+    assert task.model.transformer.h[0].attn.c_attn.weight.dtype == torch.float32
     # 3 optimizer steps took 6 micro-batches; the step counter moved once per pair.
     assert rec.steps == [0, 0, 1, 1, 2, 2] and t.global_step == 3
     assert math.isfinite(float(t.callback_metrics["train/loss"]))
