@@ -209,3 +209,55 @@ def assert_probabilities_of(preds: torch.Tensor, logits: torch.Tensor, *, multi_
         f"the predictions are not the {'sigmoid' if multi_label else 'softmax'} of the logits (max difference "
         f"{error:.2e}; values in [{preds.min().item():.3f}, {preds.max().item():.3f}])"
     )
+
+
+def redundant_onnx_graph(path: Any) -> Any:
+    """Write an ONNX graph with something for every optimisation level: Conv -> BatchNormalization -> Relu ->
+    Identity -> + (constant + constant), on (batch, 8, 16, 16) float inputs named ``x``. Returns the path."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    shapes = {"w": (16, 8, 3, 3), "b": (16,), "scale": (16,), "bias": (16,), "mean": (16,), "k1": (16, 1, 1), "k2": (16, 1, 1)}
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name) for name, shape in shapes.items()]
+    inits.append(numpy_helper.from_array(rng.uniform(0.5, 2.0, 16).astype(np.float32), "var"))
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["n"]),
+        helper.make_node("Relu", ["n"], ["r"]),
+        helper.make_node("Identity", ["r"], ["i"]),
+        helper.make_node("Add", ["k1", "k2"], ["k"]),
+        helper.make_node("Add", ["i", "k"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "redundant", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def assert_onnx_optimized(original: Any, optimized: Any, level: str) -> None:
+    """``optimized`` holds the graph of ``original`` (``redundant_onnx_graph``) rewritten at ``level``: fewer nodes,
+    BatchNormalization folded into the Conv, Identity and the constant-only Add gone; from ``extended`` on, Conv and
+    Relu fused into onnxruntime's FusedConv; at ``all``, the NCHWc layout kernels. Outputs agree."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    def ops(path: Any) -> list[tuple[str, str]]:
+        return [(node.domain, node.op_type) for node in onnx.load(str(path)).graph.node]
+
+    before, after = ops(original), ops(optimized)
+    assert len(after) < len(before), f"the {level} graph was not rewritten: {after}"
+    assert not {("", "BatchNormalization"), ("", "Identity")} & set(after), f"nothing folded at {level}: {after}"
+    if level in ("extended", "all"):
+        fused = "com.microsoft.nchwc" if level == "all" else "com.microsoft"
+        assert any(domain == fused for domain, _ in after), f"no {fused} kernels at {level}: {after}"
+    x = np.random.default_rng(1).standard_normal((3, 8, 16, 16)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # run each graph as saved
+    plain, opt = (ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+                  for p in (original, optimized))
+    assert np.abs(plain - opt).max() <= 1e-4 * max(1.0, np.abs(plain).max())
