@@ -261,3 +261,30 @@ def assert_onnx_optimized(original: Any, optimized: Any, level: str) -> None:
     plain, opt = (ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
                   for p in (original, optimized))
     assert np.abs(plain - opt).max() <= 1e-4 * max(1.0, np.abs(plain).max())
+
+
+def assert_same_weights(got: dict, expected: dict, *, tied: dict | None = None, what: str = "weights") -> None:
+    """``got`` holds exactly ``expected``'s tensors: the same key set first (a comparison over the keys both have
+    passes when every key was dropped), then equal values. ``tied`` maps a key that may be left out to the key it is
+    tied to (``lm_head.weight`` -> ``model.embed_tokens.weight``), which must then be there."""
+    tied = {k: v for k, v in (tied or {}).items() if k not in got and k in expected}
+    wanted = expected.keys() - tied.keys()
+    missing, extra = sorted(wanted - got.keys()), sorted(got.keys() - expected.keys())
+    assert not missing and not extra, f"{what}: {len(missing)} key(s) missing {missing[:5]}, {len(extra)} unexpected {extra[:5]}"
+    assert all(source in got for source in tied.values()), f"{what}: tied keys {tied} lost their source"
+    differ = [k for k in sorted(wanted) if got[k].shape != expected[k].shape or not torch.equal(got[k].cpu(), expected[k].cpu())]
+    assert not differ, f"{what}: {len(differ)} tensor(s) differ, e.g. {differ[:5]}"
+
+
+def assert_uploaded_weights(folder: Any, model: Any) -> None:
+    """The ``model.safetensors`` in ``folder`` (a downloaded upload) holds ``model``'s weights, every one of them
+    (tied output embeddings may be left out, as ``save_pretrained`` does)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    tied = getattr(model, "_tied_weights_keys", None) if getattr(model.config, "tie_word_embeddings", False) else None
+    if isinstance(tied, (list, tuple)):  # older transformers list the tied keys only
+        tied = {k: "model.embed_tokens.weight" for k in tied}
+    assert_same_weights(load_file(str(Path(folder) / "model.safetensors")), model.state_dict(), tied=tied,
+                        what=f"uploaded {Path(folder).name}")
