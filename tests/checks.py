@@ -288,3 +288,66 @@ def assert_uploaded_weights(folder: Any, model: Any) -> None:
         tied = {k: "model.embed_tokens.weight" for k in tied}
     assert_same_weights(load_file(str(Path(folder) / "model.safetensors")), model.state_dict(), tied=tied,
                         what=f"uploaded {Path(folder).name}")
+
+
+def assert_cached_generation_matches(model: Any, input_ids: torch.Tensor, max_new_tokens: int,
+                                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``model.generate`` (greedy, with its cache) gives the tokens of the independent uncached loop
+    ``greedy_reference``, whose continuation is not one repeated token. Returns the generated tokens."""
+    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+    generated = model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
+    reference = greedy_reference(model, input_ids, max_new_tokens, attention_mask=attention_mask)
+    assert_generates_like_reference(generated, reference, input_ids.shape[1])
+    return generated
+
+
+# the tiny float64 ResNet-BK of the option tests (tests/models/resnet_bk/test_options.py)
+OPTION_TINY = dict(vocab_size=64, d_model=32, n_layers=2, num_channels=3, channel_dim=4, num_experts=2, top_k=1)
+
+
+def option_model(seed: int = 0, dtype: torch.dtype = torch.float64, **options: Any) -> Any:
+    from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM
+
+    torch.manual_seed(seed)
+    return ResNetBKForCausalLM(ResNetBKConfig(**{**OPTION_TINY, **options})).to(dtype).eval()
+
+
+def check_option_contributes(option: str) -> None:
+    """``OPTION_CONTRIBUTIONS[option]`` on the tiny option model: removing only its contribution changes the logits."""
+    on, off = OPTION_CONTRIBUTIONS[option]
+    ids = torch.randint(0, OPTION_TINY["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(0))
+    assert_option_contributes(option_model(**on), off, ids)
+
+
+def check_auroc_receives_probabilities(root: Any, tmp_path: Any) -> tuple[dict, torch.Tensor, Any]:
+    """Validate a 3-class image classifier (``test_resnet``, untrained) with an AUROC metric on the image folder
+    ``root`` and assert that the metric received the softmax of the logits. Returns (logged, predictions, data)."""
+    from hubtrain import BackboneConfig, ImageClassifier, ImageDataModule, MetricConfig
+
+    data = ImageDataModule(data_dir=root, image_size=16, batch_size=6)
+    metrics = [
+        MetricConfig("auroc", metric_class="AUROC", params={"task": "multiclass", "num_classes": 3}, stages=["val"]),
+        MetricConfig("accuracy", metric_class="Accuracy", params={"task": "multiclass", "num_classes": 3}),
+    ]
+    torch.manual_seed(0)
+    model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3, metrics=metrics)
+    logged, seen, logits = validate_recording_metric_inputs(model, data, "val/auroc", tmp_path)
+    assert_probabilities_of(seen, logits)
+    return logged, seen, data
+
+
+# the tiny ResNet-BK of the generation tests (tests/models/resnet_bk/test_hf.py)
+GENERATION_TINY = dict(vocab_size=64, d_model=32, n_layers=2, num_channels=4, channel_dim=4, num_experts=2, top_k=1,
+                       n_seq=16)
+
+
+def context_lm(seed: int = 0, **options: Any) -> Any:
+    """A tiny ResNet-BK whose greedy continuation depends on its context (checked): a wider init than the default,
+    whose random model predicts from the last token alone. Eval mode."""
+    from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM
+
+    torch.manual_seed(seed)
+    config = ResNetBKConfig(**{**GENERATION_TINY, "initializer_range": 0.2, **options})
+    model = ResNetBKForCausalLM(config).eval()
+    assert_context_dependent(model, GENERATION_TINY["vocab_size"])
+    return model

@@ -10,7 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from checks import assert_probabilities_of, recording_inputs, validate_recording_metric_inputs
+from checks import assert_probabilities_of, check_auroc_receives_probabilities, recording_inputs
 from hubtrain import BackboneConfig, ImageClassifier, ImageDataModule, MetricConfig
 
 IMAGE_SIZE = 24
@@ -149,15 +149,7 @@ def test_auroc_receives_probabilities(image_folder, tmp_path, one_thread):
     from sklearn.metrics import roc_auc_score
 
     root = image_folder(("a", "b", "c"), {"train": 6, "val": 6})
-    data = ImageDataModule(data_dir=root, image_size=16, batch_size=6)
-    metrics = [
-        MetricConfig("auroc", metric_class="AUROC", params={"task": "multiclass", "num_classes": 3}, stages=["val"]),
-        MetricConfig("accuracy", metric_class="Accuracy", params={"task": "multiclass", "num_classes": 3}),
-    ]
-    torch.manual_seed(0)
-    model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3, metrics=metrics)
-    logged, seen, logits = validate_recording_metric_inputs(model, data, "val/auroc", tmp_path)
-    assert_probabilities_of(seen, logits)
+    logged, seen, data = check_auroc_receives_probabilities(root, tmp_path)
     labels = np.array([y for _, y in data.val_dataset.samples])
     expected = roc_auc_score(labels, seen.numpy(), multi_class="ovr", average="macro")
     assert logged["val/auroc"] == pytest.approx(expected, abs=1e-5)

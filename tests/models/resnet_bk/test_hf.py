@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import hubtrain.models.resnet_bk  # noqa: F401  (registers with the Auto classes)
-from checks import assert_context_dependent, assert_generates_like_reference, greedy_reference
+from checks import GENERATION_TINY, assert_cached_generation_matches, context_lm
 from hubtrain.compat import output_cache
 from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM, ResNetBKModel
 from hubtrain.models.resnet_bk.modeling_resnet_bk import ResNetBKCache
@@ -28,7 +28,7 @@ from learning import (
     score_context_task,
 )
 
-TINY = dict(vocab_size=64, d_model=32, n_layers=2, num_channels=4, channel_dim=4, num_experts=2, top_k=1, n_seq=16)
+TINY = GENERATION_TINY
 ALL_OPTIONS = dict(
     use_birman_schwinger=True, schatten_threshold=3.0, use_mourre=True, use_prime_bump=True, prime_bump_scale=0.5,
     use_semiseparable=True, low_rank=4, use_act=True, act_halt_threshold=0.5, use_scattering_router=True,
@@ -43,12 +43,7 @@ def tiny_model(seed=0, **options) -> ResNetBKForCausalLM:
     return ResNetBKForCausalLM(ResNetBKConfig(**{**TINY, **options})).eval()
 
 
-def context_model(**options) -> ResNetBKForCausalLM:
-    """A tiny model whose greedy continuation depends on its context (checked): a wider init than the default,
-    whose random model predicts from the last token alone."""
-    model = tiny_model(initializer_range=0.2, **options)
-    assert_context_dependent(model, TINY["vocab_size"])
-    return model
+context_model = context_lm  # (**options): tiny_model(initializer_range=0.2), checked to use its context
 
 
 @pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["default", "all-options"])
@@ -251,7 +246,7 @@ def test_generate_with_cache_equals_generation_without_cache(options):
     model = context_model(**options)
     ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(2))
     # greedy: against an independent loop that reruns the whole sequence for every token
-    assert_generates_like_reference(model.generate(ids, max_new_tokens=12, do_sample=False), greedy_reference(model, ids, 12), 7)
+    assert_cached_generation_matches(model, ids, 12)
     for kwargs in (dict(do_sample=False), dict(num_beams=3, do_sample=False), dict(do_sample=True, top_k=20)):
         torch.manual_seed(5)
         cached = model.generate(ids, max_new_tokens=6, **kwargs)
@@ -272,8 +267,7 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone(options):
         batch[row, width - len(p) :] = p
         mask[row, width - len(p) :] = 1
         batch[row, : width - len(p)] = 7 + row  # arbitrary pad ids: only the mask may matter
-    together = model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False)
-    assert_generates_like_reference(together, greedy_reference(model, batch, 6, attention_mask=mask), width)
+    together = assert_cached_generation_matches(model, batch, 6, attention_mask=mask)
     with torch.no_grad():
         logits = model(batch, attention_mask=mask).logits
     for row, p in enumerate(prompts):
