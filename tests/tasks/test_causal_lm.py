@@ -18,10 +18,17 @@ from hubtrain.data.text import TextDataModule
 from hubtrain.tasks.causal_lm import CausalLMTask, _warmup_cosine
 from hubtrain.training import AutoTrainer
 from hubtrain.training.strategies import fsdp_strategy
-from learning import assert_beats_baseline, ngram_loss
+from learning import (
+    PYTHON_BLOCK,
+    PYTHON_VOCAB,
+    RESNET_BK_PYTHON,
+    assert_beats_bigram_on_python,
+    python_sources_data,
+    train_resnet_bk_on_python,
+)
 
-VOCAB = 384
-BLOCK = 64
+VOCAB = PYTHON_VOCAB
+BLOCK = PYTHON_BLOCK
 
 
 def tiny_gpt2() -> GPT2Config:
@@ -33,7 +40,7 @@ def tiny_llama(**kwargs) -> LlamaConfig:
                        **kwargs)
 
 
-RESNET_BK_TINY = {"d_model": 64, "n_layers": 2, "num_channels": 4, "channel_dim": 16, "ffn_dim": 128, "num_experts": 2}
+RESNET_BK_TINY = RESNET_BK_PYTHON
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -48,12 +55,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def dm(tmp_path_factory) -> TextDataModule:
     cache = tmp_path_factory.mktemp("tok")
-    dm = TextDataModule(
-        max_files=40, vocab_size=VOCAB, block_size=BLOCK, batch_size=16, val_fraction=0.15, test_fraction=0.05,
-        tokenizer_cache_dir=cache,
-    )
-    dm.setup()
-    return dm
+    return python_sources_data(cache)
 
 
 class StepRecorder(pl.Callback):
@@ -75,18 +77,12 @@ def test_resnet_bk_training_beats_the_bigram_baseline(dm, tmp_path):
     """Judged against the count models of the same split: the bigram of the training blocks scores 3.81 nats/token on
     the validation blocks, the unigram 4.97. Measured here: 5.95 -> 3.59 in 300 steps (307k tokens, about 20 s on one
     core); with the mixer's output zeroed (a model of the current token alone) the same run ends at 3.93."""
-    pl.seed_everything(0)
-    task = CausalLMTask("resnet_bk:1M", tokenizer=dm.tokenizer, model_kwargs=RESNET_BK_TINY, lr=5e-3, warmup_steps=6)
+    task, t, before = train_resnet_bk_on_python(dm, tmp_path)
     assert task.model.config.vocab_size == VOCAB and task.model.config.d_model == 64
-    t = trainer(tmp_path, max_steps=300, val_check_interval=100, limit_val_batches=6)
-    before = t.validate(task, datamodule=dm, verbose=False)[0]["val/loss"]
     # An untrained model predicts roughly uniformly: loss near ln(vocab).
     assert abs(before - math.log(VOCAB)) < 0.5
-    t = trainer(tmp_path, max_steps=300, val_check_interval=100, limit_val_batches=6)
-    t.fit(task, datamodule=dm)
     after = task.val_metrics
-    train, val = dm.datasets["train"].blocks, dm.datasets["val"].blocks[: 6 * dm.batch_size]  # the blocks validated
-    assert_beats_baseline(after["val/loss"], ngram_loss(train, val, VOCAB, order=2), 0.1, "ResNet-BK vs bigram")
+    assert_beats_bigram_on_python(task, dm)
     assert after["val/perplexity"] == pytest.approx(math.exp(after["val/loss"]), rel=1e-4)
     assert after["val/bits_per_byte"] == pytest.approx(after["val/loss"] / math.log(2) / dm.bytes_per_token["val"], rel=1e-4)
     logged = t.callback_metrics
