@@ -9,7 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hubtrain.cli import quickstart_lm as quickstart_lm_module
 from hubtrain.cli.quickstart_lm import add_arguments, run, run_quickstart_lm
+from learning import assert_beats_baseline, ngram_loss
 
 
 def quickstart_lm(argv: list[str]) -> int:
@@ -20,17 +22,32 @@ def quickstart_lm(argv: list[str]) -> int:
 
 
 def test_quickstart_lm_fast_end_to_end(tmp_path, monkeypatch, capsys, one_thread):
+    """Judged against token frequencies: the unigram count model of the same training split, scored on the same
+    validation blocks. Measured here: perplexity 103 (4.63 nats/token) after 30 steps at lr 1e-2, the unigram's 132
+    (4.88); at the default lr 3e-3 the fast run only matches the unigram."""
     monkeypatch.setenv("HUBTRAIN_CACHE", str(tmp_path / "cache"))  # the BPE is trained and cached here, not in ~
+    runs = []
+
+    def recorded(*args, **kwargs):  # the CLI's own call, kept for its data module
+        runs.append(run_quickstart_lm(*args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(quickstart_lm_module, "run_quickstart_lm", recorded)
     out = tmp_path / "lm"
     code = quickstart_lm(
-        ["--fast", "--max-steps", "24", "--output-dir", str(out), "--root-dir", str(tmp_path / "runs"),
+        ["--fast", "--max-steps", "30", "--lr", "1e-2", "--output-dir", str(out), "--root-dir", str(tmp_path / "runs"),
          "--prompt", "import "]
     )
     assert code == 0
     printed = capsys.readouterr().out
     ppl = float(printed.split("validation perplexity ")[1].split()[0])
-    # 24 steps of a tiny model already beat the uniform guess over the 384-token vocabulary by a wide margin.
-    assert ppl < 384 / 2
+    (result,) = runs
+    assert ppl == pytest.approx(result["val_perplexity"], abs=0.01)
+    data = result["data"]
+    # the fast run validates 25 batches: those blocks, scored by token frequencies alone
+    val = data.datasets["val"].blocks[: 25 * data.batch_size]
+    unigram = ngram_loss(data.datasets["train"].blocks, val, len(data.tokenizer), order=1)
+    assert_beats_baseline(result["val_loss"], unigram, 0.15, "quickstart lm vs unigram")
     assert "import " in printed and str(out) in printed
 
     files = {p.name for p in out.iterdir()}

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from checks import assert_context_dependent, assert_prints_like_reference, greedy_reference, save_with_char_tokenizer
 from hubtrain.cli import export_cmd, generate_cmd
 
 
@@ -49,33 +50,21 @@ def test_export_cli_tensorrt_without_gpu_says_why(classifier_folder, tmp_path, c
 @pytest.fixture(scope="module")
 def lm_folder(tmp_path_factory, tiny_resnet_bk):
     """ResNet-BK saved with a fixed character-level byte-BPE tokenizer (no training: the same ids every run)."""
-    import string
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = ["Ġ", "Ċ", *string.ascii_lowercase, *string.digits, *"():,.*+-=_[]{}<>"]  # Ġ, Ċ: byte-level space, newline
-    vocab = {"<eos>": 0, **{c: i + 1 for i, c in enumerate(chars[:63])}}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    folder = tmp_path_factory.mktemp("lm") / "rbk"
-    tiny_resnet_bk.save_pretrained(folder)
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>").save_pretrained(folder)
-    return folder
+    return save_with_char_tokenizer(tiny_resnet_bk, tmp_path_factory.mktemp("lm") / "rbk")
 
 
 def test_generate_cli_streams_the_greedy_continuation(lm_folder, tiny_resnet_bk, capsys):
+    """What the CLI streams is the greedy continuation of an independent loop without the cache, on a model whose
+    continuation depends on the context."""
     from transformers import AutoTokenizer
 
-    assert generate_cmd.main([str(lm_folder), "--prompt", "def main", "--max-new-tokens", "12"]) == 0
+    assert_context_dependent(tiny_resnet_bk, 64)
+    assert generate_cmd.main([str(lm_folder), "--prompt", "def f(x):", "--max-new-tokens", "12"]) == 0
     streamed = capsys.readouterr().out
     tokenizer = AutoTokenizer.from_pretrained(lm_folder)
-    ids = tokenizer("def main", return_tensors="pt")
-    with torch.no_grad():
-        out = tiny_resnet_bk.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    assert streamed.strip() == tokenizer.decode(out[0], skip_special_tokens=True).strip()
-    assert streamed.startswith("def main") and len(streamed.strip()) > len("def main")
+    ids = tokenizer("def f(x):", return_tensors="pt").input_ids
+    assert_prints_like_reference(streamed, greedy_reference(tiny_resnet_bk, ids, 12), tokenizer, ids.shape[1])
+    assert streamed.startswith("def f(x):") and len(streamed.strip()) > len("def f(x):")
 
 
 def test_generate_cli_refuses_non_lm_and_missing_tokenizer(classifier_folder, tmp_path, tiny_resnet_bk, capsys):

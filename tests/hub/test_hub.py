@@ -12,7 +12,7 @@ import pytest
 import torch
 from huggingface_hub import snapshot_download
 
-from checks import METRICS_CSV, front_matter
+from checks import METRICS_CSV, assert_uploaded_weights, front_matter
 from hubtrain.hub import HubError, batch_upload_models, push_to_hub, upload_model_to_hub
 
 def _download(hub, repo_id, tmp_path) -> Path:
@@ -135,12 +135,8 @@ def test_batch_upload_reports_each_checkpoint_and_exits_non_zero_on_failure(loca
     (failed,) = summary.failed
     assert failed["repo_id"] == "alice/rbk-broken" and "cannot read checkpoint" in failed["error"]
     assert str(ckpts / "broken.pt") in failed["error"] and not summary.ok
-    # the converted .pt became safetensors with the same weights
-    folder = _download(local_hub, "alice/rbk-tiny-a", tmp_path)
-    from safetensors.torch import load_file
-
-    uploaded = load_file(str(folder / "model.safetensors"))
-    assert all(torch.equal(uploaded[k], v) for k, v in resnet_bk.state_dict().items() if k in uploaded)
+    # the converted .pt became safetensors with the same keys (all of them) and the same weights
+    assert_uploaded_weights(_download(local_hub, "alice/rbk-tiny-a", tmp_path), resnet_bk)
 
     cli = subprocess.run([sys.executable, "-m", "hubtrain.cli.push_cmd", "--batch", "--checkpoint_dir", str(ckpts),
                           "--repo_prefix", "alice/rbk2", "--endpoint", local_hub.endpoint], capture_output=True,

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import hubtrain.models.resnet_bk  # noqa: F401  (registers ResNet-BK with the transformers Auto classes)
+from checks import assert_context_dependent, assert_generates_like_reference, greedy_reference
 from hubtrain.models.resnet_bk import ResNetBKForCausalLM, create_resnet_bk_for_hf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,12 +47,15 @@ def tokenizer_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_folder(tokenizer_folder) -> Path:
-    """Stands in for the Hub repo "resnet-bk/resnet-bk-1b": a preset ResNet-BK saved next to its tokenizer."""
+    """Stands in for the Hub repo "resnet-bk/resnet-bk-1b": a preset ResNet-BK saved next to its tokenizer.
+
+    A wider init than the default, whose random model predicts from the last token alone: here the continuation
+    depends on the context, as a trained model's does, so the cached generation is checked for using it."""
     from transformers import AutoTokenizer
 
     vocab = len(AutoTokenizer.from_pretrained(tokenizer_folder))
     torch.manual_seed(0)
-    create_resnet_bk_for_hf("1M", vocab_size=vocab).save_pretrained(tokenizer_folder)
+    create_resnet_bk_for_hf("1M", vocab_size=vocab, initializer_range=0.2).save_pretrained(tokenizer_folder)
     return tokenizer_folder
 
 
@@ -74,11 +78,10 @@ def test_seed_example_1_transformers_loading_and_generation(model_folder):
     # max_length=50 counts the prompt; the untrained model may only stop early by emitting the EOS token.
     assert outputs.shape[1] == 50 or outputs[0, -1].item() == tokenizer.eos_token_id
     assert text.startswith(PROMPT)
-    # The cached generation is the one a user would get by re-running the model on the whole prefix (greedy).
-    with torch.no_grad():
-        for pos in range(prompt_len, min(outputs.shape[1], prompt_len + 5)):
-            logits = model(outputs[:, :pos]).logits[0, -1]
-            assert logits.argmax().item() == outputs[0, pos].item()
+    # The cached generation is the greedy loop a user would write, rerunning the model on the whole prefix.
+    assert_context_dependent(model, len(tokenizer))
+    reference = greedy_reference(model, inputs["input_ids"], outputs.shape[1] - prompt_len)
+    assert_generates_like_reference(outputs, reference, prompt_len)
 
 
 def test_seed_example_2_pytorch_hub(tmp_path, monkeypatch):

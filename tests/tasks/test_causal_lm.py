@@ -13,24 +13,34 @@ import pytorch_lightning as pl
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
 
+from checks import assert_context_dependent, assert_generates_like_reference, greedy_reference
 from hubtrain.data.text import TextDataModule
 from hubtrain.tasks.causal_lm import CausalLMTask, _warmup_cosine
 from hubtrain.training import AutoTrainer
 from hubtrain.training.strategies import fsdp_strategy
+from learning import (
+    PYTHON_BLOCK,
+    PYTHON_VOCAB,
+    RESNET_BK_PYTHON,
+    assert_beats_bigram_on_python,
+    python_sources_data,
+    train_resnet_bk_on_python,
+)
 
-VOCAB = 384
-BLOCK = 64
+VOCAB = PYTHON_VOCAB
+BLOCK = PYTHON_BLOCK
 
 
 def tiny_gpt2() -> GPT2Config:
     return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=BLOCK, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
 
-def tiny_llama() -> LlamaConfig:
-    return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+def tiny_llama(**kwargs) -> LlamaConfig:
+    return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       **kwargs)
 
 
-RESNET_BK_TINY = {"d_model": 64, "n_layers": 2, "num_channels": 4, "channel_dim": 16, "ffn_dim": 128, "num_experts": 2}
+RESNET_BK_TINY = RESNET_BK_PYTHON
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -45,12 +55,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def dm(tmp_path_factory) -> TextDataModule:
     cache = tmp_path_factory.mktemp("tok")
-    dm = TextDataModule(
-        max_files=40, vocab_size=VOCAB, block_size=BLOCK, batch_size=16, val_fraction=0.15, test_fraction=0.05,
-        tokenizer_cache_dir=cache,
-    )
-    dm.setup()
-    return dm
+    return python_sources_data(cache)
 
 
 class StepRecorder(pl.Callback):
@@ -68,25 +73,22 @@ def trainer(tmp_path: Path, **kwargs) -> AutoTrainer:
     return AutoTrainer(**kwargs)
 
 
-def test_resnet_bk_training_lowers_validation_loss(dm, tmp_path):
-    pl.seed_everything(0)
-    task = CausalLMTask("resnet_bk:1M", tokenizer=dm.tokenizer, model_kwargs=RESNET_BK_TINY, lr=3e-3, warmup_steps=6)
+def test_resnet_bk_training_beats_the_bigram_baseline(dm, tmp_path):
+    """Judged against the count models of the same split: the bigram of the training blocks scores 3.81 nats/token on
+    the validation blocks, the unigram 4.97. Measured here: 5.95 -> 3.59 in 300 steps (307k tokens, about 20 s on one
+    core); with the mixer's output zeroed (a model of the current token alone) the same run ends at 3.93."""
+    task, t, before = train_resnet_bk_on_python(dm, tmp_path)
     assert task.model.config.vocab_size == VOCAB and task.model.config.d_model == 64
-    t = trainer(tmp_path, max_steps=60, val_check_interval=30, limit_val_batches=6)
-    before = t.validate(task, datamodule=dm, verbose=False)[0]["val/loss"]
     # An untrained model predicts roughly uniformly: loss near ln(vocab).
     assert abs(before - math.log(VOCAB)) < 0.5
-    t = trainer(tmp_path, max_steps=60, val_check_interval=30, limit_val_batches=6)
-    t.fit(task, datamodule=dm)
     after = task.val_metrics
-    # Measured here: about 5.9 -> 4.2 nats/token in 60 steps (61k tokens); require a drop of 1.2 nats.
-    assert after["val/loss"] < before - 1.2, (before, after)
+    assert_beats_bigram_on_python(task, dm)
     assert after["val/perplexity"] == pytest.approx(math.exp(after["val/loss"]), rel=1e-4)
     assert after["val/bits_per_byte"] == pytest.approx(after["val/loss"] / math.log(2) / dm.bytes_per_token["val"], rel=1e-4)
     logged = t.callback_metrics
     assert logged["train/tokens_per_s"] > 0 and logged["val/tokens_per_s"] > 0
     # Warmup then cosine: at the last step the LR has decayed to about lr * min_lr_ratio.
-    assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(3e-3 * 0.1, rel=0.05)
+    assert t.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-3 * 0.1, rel=0.05)
     # The run directory holds the metrics and a checkpoint named after the real validation loss.
     assert (t.run_dir / "metrics.csv").is_file()
     ckpts = list((t.run_dir / "checkpoints").glob("*.ckpt"))
@@ -119,10 +121,13 @@ def test_checkpoint_resume_continues_at_the_right_step(dm, tmp_path):
     assert t2.lr_scheduler_configs[0].scheduler.last_epoch == 10
 
 
-@pytest.mark.parametrize("model", [tiny_llama(), "resnet_bk:1M"], ids=["llama", "resnet_bk"])
+# a wider init than the default, whose random model predicts from the last token alone: the continuation of these
+# depends on the context, so a generator that lost it is caught
+@pytest.mark.parametrize("model", [tiny_llama(initializer_range=0.2), "resnet_bk:1M"], ids=["llama", "resnet_bk"])
 def test_save_pretrained_loads_with_auto_classes_and_generates(dm, tmp_path, model):
     pl.seed_everything(0)
-    task = CausalLMTask(model, tokenizer=dm.tokenizer, model_kwargs=RESNET_BK_TINY if model == "resnet_bk:1M" else None)
+    model_kwargs = {**RESNET_BK_TINY, "initializer_range": 0.2} if model == "resnet_bk:1M" else None
+    task = CausalLMTask(model, tokenizer=dm.tokenizer, model_kwargs=model_kwargs)
     t = trainer(tmp_path, max_steps=4, val_check_interval=2, limit_val_batches=2)
     t.fit(task, datamodule=dm)
     folder = task.save_pretrained(tmp_path / "hub")
@@ -141,8 +146,9 @@ def test_save_pretrained_loads_with_auto_classes_and_generates(dm, tmp_path, mod
     with torch.no_grad():
         torch.testing.assert_close(model(prompt).logits, task.model(prompt).logits, rtol=0, atol=0)
         out = model.generate(prompt, max_new_tokens=12, do_sample=False)
-        ref = task.model.generate(prompt, max_new_tokens=12, do_sample=False)
-    assert torch.equal(out, ref) and out.shape[1] > prompt.shape[1]
+    # the reloaded model's cached generation is the greedy loop without a cache
+    assert_context_dependent(model, VOCAB)
+    assert_generates_like_reference(out, greedy_reference(model, prompt, out.shape[1] - prompt.shape[1]), prompt.shape[1])
     assert tok.decode(out[0]).startswith("def main(")
     # The task itself reloads from the folder too.
     again = CausalLMTask.from_pretrained(folder)
@@ -152,8 +158,13 @@ def test_save_pretrained_loads_with_auto_classes_and_generates(dm, tmp_path, mod
 def test_accumulation_and_bf16_mixed(dm, tmp_path):
     rec = StepRecorder()
     task = CausalLMTask(tiny_gpt2(), tokenizer=dm.tokenizer)
+    dtypes = []  # what the first attention projection computed in, per forward
+    task.model.transformer.h[0].attn.c_attn.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     t = trainer(tmp_path, max_steps=3, accumulate_grad_batches=2, precision="bf16-mixed", limit_val_batches=1, callbacks=[rec])
     t.fit(task, datamodule=dm)
+    # bf16 autocast ran the matrix products (training and validation alike); the weights stayed float32
+    assert dtypes and set(dtypes) == {torch.bfloat16}, dtypes
+    assert task.model.transformer.h[0].attn.c_attn.weight.dtype == torch.float32
     # 3 optimizer steps took 6 micro-batches; the step counter moved once per pair.
     assert rec.steps == [0, 0, 1, 1, 2, 2] and t.global_step == 3
     assert math.isfinite(float(t.callback_metrics["train/loss"]))
@@ -205,7 +216,9 @@ def test_fsdp_strategy_wraps_the_no_split_blocks(dm):
 DDP_SCRIPT = """
 import json, sys, torch
 from transformers import GPT2Config
+from checks import assert_context_dependent, assert_generates_like_reference, greedy_reference
 from hubtrain.data.text import TextDataModule
+from learning import assert_beats_baseline, ngram_loss
 from hubtrain.tasks.causal_lm import CausalLMTask, _warmup_cosine
 from hubtrain.training import AutoTrainer
 

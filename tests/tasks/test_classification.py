@@ -10,6 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from checks import assert_probabilities_of, check_auroc_receives_probabilities, recording_inputs
 from hubtrain import BackboneConfig, ImageClassifier, ImageDataModule, MetricConfig
 
 IMAGE_SIZE = 24
@@ -143,35 +144,36 @@ def test_local_dir_backbone(timm_folder):
 
 
 def test_auroc_receives_probabilities(image_folder, tmp_path, one_thread):
-    """AUROC logged by the task equals scikit-learn's on the same probabilities."""
+    """The AUROC metric receives the softmax of the model's logits (torchmetrics would give the same AUROC from the
+    logits themselves, so the value alone proves nothing), and logs scikit-learn's AUROC of those probabilities."""
     from sklearn.metrics import roc_auc_score
 
     root = image_folder(("a", "b", "c"), {"train": 6, "val": 6})
-    data = ImageDataModule(data_dir=root, image_size=16, batch_size=6)
-    metrics = [
-        MetricConfig("auroc", metric_class="AUROC", params={"task": "multiclass", "num_classes": 3}, stages=["val"]),
-        MetricConfig("accuracy", metric_class="Accuracy", params={"task": "multiclass", "num_classes": 3}),
-    ]
-    torch.manual_seed(0)
-    model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3, metrics=metrics)
-    trainer = _trainer(tmp_path, enable_checkpointing=False)
-    logged = trainer.validate(model, datamodule=data, verbose=False)[0]
-    probs = torch.cat(trainer.predict(model, dataloaders=data.val_dataloader()))
+    logged, seen, data = check_auroc_receives_probabilities(root, tmp_path)
     labels = np.array([y for _, y in data.val_dataset.samples])
-    expected = roc_auc_score(labels, probs.numpy(), multi_class="ovr", average="macro")
+    expected = roc_auc_score(labels, seen.numpy(), multi_class="ovr", average="macro")
     assert logged["val/auroc"] == pytest.approx(expected, abs=1e-5)
 
 
-def test_multi_label_uses_sigmoid_and_bce(tmp_path):
+def test_multi_label_uses_sigmoid_and_bce():
+    """Multi-label: predictions and metric inputs are sigmoids, the loss is BCE, and the logged accuracy is that of
+    the sigmoids thresholded at 0.5 (softmax probabilities of 4 labels, all below 0.5 here, would score otherwise)."""
     torch.manual_seed(0)
     model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=4, multi_label=True)
     images, targets = torch.randn(6, 3, 32, 32), torch.randint(0, 2, (6, 4))
     model.eval()
-    logits = model(images)
+    with torch.no_grad():
+        logits = model(images)
     torch.testing.assert_close(model.predict_step(images, 0), logits.sigmoid())
     torch.testing.assert_close(model.loss(logits, targets), torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float()))
-    model.metrics.update("val", model.probabilities(logits), targets)
-    assert 0.0 <= float(model.metrics.compute("val")["val/accuracy"]) <= 1.0
+    with recording_inputs(model.metrics.metrics("val")["val/accuracy"]) as seen, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        model.validation_step((images, targets), 0)
+    assert_probabilities_of(seen[0], logits, multi_label=True)
+    expected = ((logits.sigmoid() > 0.5) == targets.bool()).float().mean()
+    softmax_accuracy = ((logits.softmax(-1) > 0.5) == targets.bool()).float().mean()
+    assert expected != softmax_accuracy
+    assert model.metrics.compute("val")["val/accuracy"].item() == pytest.approx(expected.item())
 
 
 def test_freeze_backbone_trains_only_the_head(image_folder, tmp_path, one_thread):
@@ -273,15 +275,24 @@ def test_hparams_are_json_and_rebuild_the_task():
 
 
 def test_compiled_forward_matches_and_keeps_parameter_names():
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):  # a torch.compile backend: keep the graph, run it as traced
+        graphs.append(graph_module)
+        return graph_module.forward
+
     torch.manual_seed(0)
     plain = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3)
     compiled = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3,
-                               compile_model=True, compile_kwargs={"backend": "eager"})
+                               compile_model=True, compile_kwargs={"backend": recording_backend})
     compiled.load_state_dict(plain.state_dict())  # same names: checkpoints move between the two
     x = torch.randn(2, 3, 32, 32)
     plain.eval(), compiled.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), plain(x))
+    # the forward went through the compiler: a graph with the backbone's convolutions and the head's linear layer
+    targets = [str(node.target) for graph in graphs for node in graph.graph.nodes]
+    assert any("conv2d" in t for t in targets) and any("linear" in t for t in targets), targets
 
 
 def test_channels_last_is_on_for_timm_backbones_and_changes_only_the_memory_layout(tmp_path):

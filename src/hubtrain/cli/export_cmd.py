@@ -12,7 +12,7 @@ EPILOG = """examples:
   hubtrain export hubtrain-quickstart --format onnx                 # image classifier -> hubtrain-quickstart-export/
   hubtrain export hubtrain-quickstart-lm -o rbk-export --benchmark  # ResNet-BK: model.onnx + decode_step.onnx
   hubtrain export checkpoints/resnet_bk_1m.pt --model-size 1M --format onnx torchscript
-  hubtrain export my-model --format tensorrt --fp16                 # needs a CUDA GPU and the tensorrt package
+  hubtrain export my-model --format tensorrt --fp16                 # needs a CUDA GPU and hubtrain[tensorrt]
 
 Writes model.onnx, model.<level>.onnx, model.torchscript.pt, model.engine (as requested) and report.json."""
 

@@ -51,7 +51,8 @@ def run_quickstart_lm(
     tokenizer_cache_dir: str | Path | None = None,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
-    """Train, validate, save, reload and sample; return the metrics, the sample and where everything went.
+    """Train, validate, save, reload and sample; return the metrics, the sample, where everything went, and the task
+    and data module themselves (``"task"``, ``"data"``).
 
     ``fast=True`` shrinks everything (a tiny model on the first 30 stdlib files, 384-token vocabulary, blocks of 64,
     at most 30 steps) so the whole path runs in seconds.
@@ -118,6 +119,7 @@ def run_quickstart_lm(
         "output_dir": str(Path(out).resolve()),
         "sample": sample,
         "task": task,
+        "data": data,
     }
 
 

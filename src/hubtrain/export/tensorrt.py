@@ -20,7 +20,7 @@ from hubtrain.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
-NEEDS = "TensorRT export needs a CUDA GPU and the tensorrt package (pip install tensorrt)"
+NEEDS = 'TensorRT export needs a CUDA GPU and the tensorrt package (pip install "hubtrain[tensorrt]")'
 
 
 def tensorrt_unavailable_reason() -> str | None:

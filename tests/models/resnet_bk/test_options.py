@@ -2,20 +2,18 @@
 independent computation (dense matrices, direct sums), and bad values are refused with the field's name."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
-from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM
+from checks import OPTION_CONTRIBUTIONS, OPTION_TINY, check_option_contributes, option_model
+from hubtrain.models.resnet_bk import ResNetBKConfig
 from hubtrain.models.resnet_bk.modeling_resnet_bk import prime_bump_potential, semiseparable_scan
 
-TINY = dict(vocab_size=64, d_model=32, n_layers=2, num_channels=3, channel_dim=4, num_experts=2, top_k=1)
-
-
-def tiny_model(seed=0, dtype=torch.float64, **options):
-    torch.manual_seed(seed)
-    return ResNetBKForCausalLM(ResNetBKConfig(**{**TINY, **options})).to(dtype).eval()
+TINY = OPTION_TINY
+tiny_model = option_model  # (seed=0, dtype=torch.float64, **options): shared with tests/sensitivity
 
 
 def capture_mixer(model, ids, layer=0):
@@ -141,9 +139,28 @@ def test_semiseparable_term_equals_dense_masked_qk_v_and_continues_from_its_stat
     assert torch.allclose(st2, state, atol=1e-10)
     assert st2.shape == (2, 5, 3)  # O(r) state per value dim, whatever the length
 
-    base, with_ss = tiny_model(), tiny_model(use_semiseparable=True, low_rank=4)
-    ids = torch.randint(0, 64, (1, 9))
-    assert not torch.allclose(base(ids).logits, with_ss(ids).logits)
+    # in the mixer: the output minus that of the same mixer without the term is the gated ss_out(tril(Q K^T) V)
+    # (a wider init than the default makes the term large enough to see)
+    model = tiny_model(use_semiseparable=True, low_rank=4, initializer_range=0.2)
+    mixer, x, _ = capture_mixer(model, torch.randint(0, 64, (1, 9)))
+    without = copy.deepcopy(mixer)
+    without.config.use_semiseparable = False
+    N, r = x.shape[1], mixer.config.low_rank
+    mask, positions = torch.ones(1, N, dtype=x.dtype), torch.arange(1, N + 1).view(1, N)
+    mask_prev = torch.cat([torch.zeros(1, 1, dtype=x.dtype), mask[:, 1:]], 1)
+    with torch.no_grad():
+        out = mixer(x, mask, mask_prev, positions)[0]
+        added = out - without(x, mask, mask_prev, positions)[0]
+        q, k, v = mixer.ss_proj(x).split([r, r, r], -1)
+        gate = mixer.in_proj(x)[..., -x.shape[-1] :]
+        expected = mixer.ss_out(torch.tril(q @ k.transpose(1, 2)) @ v / r**0.5) * torch.nn.functional.silu(gate)
+    assert expected.abs().max() > 0.1 * out.abs().max() and torch.allclose(added, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("option", sorted(OPTION_CONTRIBUTIONS))
+def test_each_option_changes_the_output_of_the_same_model(option):
+    """Against the same model (same parameters) with only the option's contribution removed."""
+    check_option_contributes(option)
 
 
 def test_keyed_resolvent_reads_out_q_of_the_green_function_applied_to_key_value_outer_products():
