@@ -67,6 +67,38 @@ def test_generate_cli_streams_the_greedy_continuation(lm_folder, tiny_resnet_bk,
     assert streamed.startswith("def f(x):") and len(streamed.strip()) > len("def f(x):")
 
 
+def test_generate_cli_onnx_backend_streams_the_greedy_continuation(lm_folder, tiny_resnet_bk, tmp_path, capsys):
+    """--backend onnx (decode step exported and verified on the fly, run in onnxruntime) streams what the uncached
+    greedy loop generates; --onnx reuses a saved graph; a missing --onnx file is a one-line error."""
+    from transformers import AutoTokenizer
+
+    assert_context_dependent(tiny_resnet_bk, 64)
+    assert generate_cmd.main([str(lm_folder), "--prompt", "def f(x):", "--max-new-tokens", "12", "--backend", "onnx"]) == 0
+    captured = capsys.readouterr()
+    assert "exported and verified the decode step" in captured.err
+    tokenizer = AutoTokenizer.from_pretrained(lm_folder)
+    ids = tokenizer("def f(x):", return_tensors="pt").input_ids
+    assert_prints_like_reference(captured.out, greedy_reference(tiny_resnet_bk, ids, 12), tokenizer, ids.shape[1])
+
+    missing = tmp_path / "nope.onnx"
+    assert generate_cmd.main([str(lm_folder), "--prompt", "x", "--backend", "onnx", "--onnx", str(missing)]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' weight-loading progress bar
+    assert error.startswith("hubtrain generate: error: --onnx") and str(missing) in error and "hubtrain export" in error
+
+
+def test_onnx_generator_samples_reproducibly_within_top_k(tiny_resnet_bk, tmp_path):
+    """Sampling in the ONNX generator: the same seed gives the same tokens, another seed other tokens, and with
+    top_k=1 it is greedy decoding."""
+    from hubtrain.export import OnnxGenerator, export_decode_step_to_onnx
+
+    path, _ = export_decode_step_to_onnx(tiny_resnet_bk, tmp_path / "decode_step.onnx", verify=False)
+    gen, prompt = OnnxGenerator(path), torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(0)).numpy()
+    hot = dict(temperature=1.5, top_p=0.95)
+    a, b = (gen.generate(prompt, 24, seed=s, **hot) for s in (1, 1))
+    assert (a == b).all() and not (a == gen.generate(prompt, 24, seed=2, **hot)).all()
+    assert (gen.generate(prompt, 12, temperature=1.0, top_k=1, seed=3) == gen.generate(prompt, 12)).all()
+
+
 def test_generate_cli_refuses_non_lm_and_missing_tokenizer(classifier_folder, tmp_path, tiny_resnet_bk, capsys):
     assert generate_cmd.main([str(classifier_folder), "--prompt", "x"]) == 1
     assert "not a causal language model" in capsys.readouterr().err
