@@ -134,8 +134,8 @@ def test_language_journey_quickstart_lm_generate_export(user_env):
     work, env = user_env
     commands = [c for c in readme_commands() if c[:3] == ["hubtrain", "quickstart", "lm"] or
                 any("quickstart-lm" in a for a in c)]
-    assert [c[1] for c in commands] == ["quickstart", "generate", "export"]
-    quickstart, generate, export = commands
+    assert [c[1] for c in commands] == ["quickstart", "generate", "export", "generate"]
+    quickstart, generate, export, generate_onnx = commands
 
     run(small(quickstart), work, env)
     folder = work / "hubtrain-quickstart-lm"
@@ -150,6 +150,9 @@ def test_language_journey_quickstart_lm_generate_export(user_env):
     report = json.loads((exported / "report.json").read_text())
     assert report["artifacts"]["onnx"]["verification"]["ok"] and report["artifacts"]["decode_step"]["verification"]["ok"]
     assert (exported / "model.onnx").is_file() and (exported / "decode_step.onnx").is_file()
+
+    assert generate_onnx[generate_onnx.index("--backend") + 1] == "onnx"
+    assert run(small(generate_onnx), work, env).stdout == out  # onnxruntime's greedy text is PyTorch's
 
 
 def test_fit_journey_with_the_example_config(user_env):
