@@ -240,6 +240,18 @@ def _fit(model: Any, data: Any, epochs: int, trainer_kwargs: dict) -> None:
         torch.set_num_threads(threads)
 
 
+def _build_and_fit(model_cls: Any, model_kwargs: dict, data_cls: Any, data_kwargs: dict, epochs: int, breakage: Any,
+                   trainer_kwargs: dict) -> tuple[Any, Any]:
+    """Seed, build the data module and the model, apply ``breakage(model)`` if given, train."""
+    torch.manual_seed(0)
+    data = data_cls(**data_kwargs)
+    model = model_cls(**model_kwargs)
+    if breakage is not None:
+        breakage(model)
+    _fit(model, data, epochs, trainer_kwargs)
+    return model, data
+
+
 def fit_segmentation(backbone: str, breakage: Any = None, **trainer_kwargs: Any) -> tuple[Any, Any, SegmentationScore]:
     """Train a DeepLabV3+ on ``backbone`` on synthetic shapes and score it on the validation split.
 
@@ -248,12 +260,8 @@ def fit_segmentation(backbone: str, breakage: Any = None, **trainer_kwargs: Any)
     """
     from hubtrain import SegmentationDataModule, SemanticSegmentor
 
-    torch.manual_seed(0)
-    data = SegmentationDataModule(**SEGMENTATION_DATA)
-    model = SemanticSegmentor(backbone=backbone, **SEGMENTATION_MODEL)
-    if breakage is not None:
-        breakage(model)
-    _fit(model, data, SEGMENTATION_EPOCHS, trainer_kwargs)
+    model, data = _build_and_fit(SemanticSegmentor, dict(backbone=backbone, **SEGMENTATION_MODEL), SegmentationDataModule,
+                                 SEGMENTATION_DATA, SEGMENTATION_EPOCHS, breakage, trainer_kwargs)
     return model, data, score_segmentation(model, data.val_dataloader(), SEGMENTATION_MODEL["num_classes"])
 
 
@@ -261,12 +269,8 @@ def fit_detection(backbone: str, breakage: Any = None, **trainer_kwargs: Any) ->
     """Train an FCOS detector on ``backbone`` on synthetic shapes and score it on the validation split (as above)."""
     from hubtrain import DetectionDataModule, ObjectDetector
 
-    torch.manual_seed(0)
-    data = DetectionDataModule(**DETECTION_DATA)
-    model = ObjectDetector(backbone=backbone, **DETECTION_MODEL)
-    if breakage is not None:
-        breakage(model)
-    _fit(model, data, DETECTION_EPOCHS, trainer_kwargs)
+    model, data = _build_and_fit(ObjectDetector, dict(backbone=backbone, **DETECTION_MODEL), DetectionDataModule,
+                                 DETECTION_DATA, DETECTION_EPOCHS, breakage, trainer_kwargs)
     return model, data, score_detection(model, data.val_dataloader())
 
 
