@@ -25,12 +25,15 @@ def require_captum() -> Any:
 
 
 def last_feature_layer(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    """The backbone's module that last outputs a spatial map ``(B, C, H, W)`` during a forward pass: Grad-CAM's
-    usual layer (the last convolutional stage)."""
+    """The backbone's module that last outputs a spatial map ``(B, C, H, W)`` (H, W > 1) during a forward pass:
+    Grad-CAM's usual layer (the last convolutional stage, before global pooling)."""
     found: list[nn.Module] = []
     backbone = getattr(model, "backbone", model)
-    hooks = [m.register_forward_hook(lambda mod, _i, out: found.append(mod) if isinstance(out, torch.Tensor) and out.ndim == 4 else None)
-             for m in backbone.modules() if m is not backbone]
+    def record(module: nn.Module, _inputs: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[-2:]) > 1:  # not a pooled (B, C, 1, 1)
+            found.append(module)
+
+    hooks = [m.register_forward_hook(record) for m in backbone.modules() if m is not backbone]
     try:
         with torch.no_grad():
             model(images)
@@ -48,8 +51,8 @@ def attributions(model: nn.Module, images: torch.Tensor, target: int | Sequence[
     """``{method: (B, H, W) saliency}`` at the input's resolution, non-negative, for class ``target``.
 
     Grad-CAM: captum's ``LayerGradCam`` on ``layer`` (default :func:`last_feature_layer`), ReLU'd and upsampled
-    bilinearly; integrated gradients: captum's ``IntegratedGradients`` from a black (all-zero) baseline, absolute
-    values summed over channels.
+    bilinearly; integrated gradients: captum's ``IntegratedGradients`` from the all-zero input (the normalisation
+    mean: a flat grey image), summed over channels, positive part (the pixels that speak for ``target``).
     """
     attr = require_captum()
     unknown = sorted(set(methods) - set(METHODS))
@@ -63,7 +66,7 @@ def attributions(model: nn.Module, images: torch.Tensor, target: int | Sequence[
         out["gradcam"] = attr.LayerAttribution.interpolate(cam, tuple(images.shape[-2:]), interpolate_mode="bilinear")[:, 0].clamp_min(0).detach()
     if "integrated_gradients" in methods:
         ig = attr.IntegratedGradients(model).attribute(images, baselines=torch.zeros_like(images), target=target, n_steps=steps)
-        out["integrated_gradients"] = ig.abs().sum(dim=1).detach()
+        out["integrated_gradients"] = ig.sum(dim=1).clamp_min(0).detach()  # evidence for the class, like Grad-CAM's ReLU
     return out
 
 
