@@ -23,8 +23,10 @@ TINY = dict(vocab_size=64, d_model=32, n_layers=2, num_channels=4, channel_dim=4
 ALL_OPTIONS = dict(
     use_birman_schwinger=True, schatten_threshold=3.0, use_mourre=True, use_prime_bump=True, prime_bump_scale=0.5,
     use_semiseparable=True, low_rank=4, use_act=True, act_halt_threshold=0.5, use_scattering_router=True,
-    num_experts=3, top_k=2,
+    num_experts=3, top_k=2, key_dim=2,
 )
+# every option the one-token decoding step covers (adaptive computation time takes the general path)
+STEP_OPTIONS = {k: v for k, v in ALL_OPTIONS.items() if not k.startswith("act") and k != "use_act"}
 
 
 def tiny_model(seed=0, **options) -> ResNetBKForCausalLM:
@@ -235,7 +237,7 @@ def test_remote_code_loads_without_hubtrain(tmp_path):
     assert torch.equal(got["hidden"], model.model(ids).last_hidden_state)
 
 
-@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["default", "all-options"])
+@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, ALL_OPTIONS], ids=["default", "step-options", "all-options"])
 def test_generate_with_cache_equals_generation_without_cache(options):
     model = context_model(**options)
     ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(2))
@@ -250,7 +252,7 @@ def test_generate_with_cache_equals_generation_without_cache(options):
         assert torch.equal(cached, recomputed), kwargs
 
 
-@pytest.mark.parametrize("options", [{}, ALL_OPTIONS], ids=["default", "all-options"])
+@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, ALL_OPTIONS], ids=["default", "step-options", "all-options"])
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(options):
     model = context_model(pad_token_id=0, **options)
     prompts = [torch.randint(1, 64, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 8, 5)]
@@ -319,3 +321,24 @@ def test_huge_activations_give_finite_outputs_and_gradients():
     out.loss.backward()
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("options", [{}, STEP_OPTIONS], ids=["default", "step-options"])
+def test_the_one_token_step_equals_the_general_path(options):
+    """Decoding takes the fused step (no gradient, one token); with gradients on, the same call takes the general
+    path: both give the same logits and the same next state."""
+    model = context_model(**options)
+    ids = torch.randint(0, 64, (3, 9), generator=torch.Generator().manual_seed(4))
+    nxt = torch.randint(0, 64, (3, 1), generator=torch.Generator().manual_seed(5))
+    results = []
+    for grad in (False, True):
+        with torch.no_grad():
+            cache = output_cache(model(ids, use_cache=True))
+        with torch.set_grad_enabled(grad):
+            out = model(nxt, cache=cache, use_cache=True)
+        flat = output_cache(out).to_tensors()
+        results.append((out.logits.detach(), {k: v.detach() for k, v in flat.items()}))
+    (fast, fast_state), (general, general_state) = results
+    assert (fast - general).abs().max() <= 1e-5 * max(1.0, general.abs().max())
+    assert fast_state.keys() == general_state.keys()
+    assert all(torch.allclose(fast_state[k].float(), general_state[k].float(), atol=1e-5) for k in fast_state)

@@ -146,6 +146,50 @@ def test_semiseparable_term_equals_dense_masked_qk_v_and_continues_from_its_stat
     assert not torch.allclose(base(ids).logits, with_ss(ids).logits)
 
 
+def test_keyed_resolvent_reads_out_q_of_the_green_function_applied_to_key_value_outer_products():
+    """key_dim: out_i = q_i^T sum_j G^(i)[i, j] k_j v_j^T per channel, with unit keys and queries (dense check)."""
+    model = tiny_model(key_dim=3)
+    ids = torch.randint(0, 64, (1, 11))
+    mixer, x, feats = capture_mixer(model, ids)
+    H, P, K = mixer.num_channels, mixer.channel_dim, mixer.key_dim
+    with torch.no_grad():
+        a_raw, t_raw, v, kq, _ = mixer.in_proj(x).split([H, H, H * P, 2 * H * K, x.shape[-1]], -1)
+        a, hop = 3 * torch.tanh(a_raw[0] / 3), torch.sigmoid(t_raw[0, 1:])
+        k, q = torch.nn.functional.normalize(kq[0].view(-1, 2, H, K), dim=-1).unbind(1)
+        E, eta = mixer.energy_eta()
+        v = v[0].view(-1, H, P)
+        for ch in range(H):
+            rows = dense_causal_rows(a[:, ch], hop[:, ch], float(E[ch]), float(eta[ch]))
+            for i, row in enumerate(rows):
+                kv = k[: i + 1, ch, :, None] * v[: i + 1, ch, None, :]  # (i+1, K, P)
+                state = (row[:, None, None] * kv.to(torch.complex128)).sum(0)
+                expected = (q[i, ch, :, None].to(torch.complex128) * state).sum(0) * float(eta[ch])
+                got = torch.complex(feats[0, i, ch, :P], feats[0, i, ch, P : 2 * P])
+                assert torch.allclose(got, expected, atol=1e-10), (ch, i)
+    # the read-out is bounded by the value norm (Ward identity with unit keys and queries): |eta y_i| <= ||v_{1..i}||
+    big = tiny_model(key_dim=3, dtype=torch.float64)
+    with torch.no_grad():
+        big.model.embed_tokens.weight.mul_(100)
+    _, xb, fb = capture_mixer(big, torch.randint(0, 64, (2, 300)))
+    assert torch.isfinite(fb).all()
+
+
+def test_keyed_resolvent_contributes_what_the_plain_values_cannot():
+    """The same model with and without keys differs only through the keyed state: zeroing keys' contribution (all
+    queries orthogonal to all keys) removes the value read-out entirely."""
+    model = tiny_model(key_dim=2)
+    ids = torch.randint(0, 64, (1, 9))
+    mixer = model.model.layers[0].mixer
+    _, _, feats = capture_mixer(model, ids)
+    P = mixer.channel_dim
+    assert feats[..., : 2 * P].abs().max() > 1e-3
+    original = mixer.read_out
+    mixer.read_out = lambda y, q: original(y, torch.zeros_like(q))
+    _, _, zeroed = capture_mixer(model, ids)
+    mixer.read_out = original
+    assert zeroed[..., : 2 * P].abs().max() == 0 and torch.equal(zeroed[..., 2 * P :], feats[..., 2 * P :])
+
+
 def test_scattering_router_is_parameter_free_and_routes_by_phase():
     model = tiny_model(use_scattering_router=True, num_experts=4, top_k=2, scattering_scale=0.3)
     moe = model.model.layers[0].moe

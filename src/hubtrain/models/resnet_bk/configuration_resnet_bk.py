@@ -26,6 +26,11 @@ class ResNetBKConfig(PretrainedConfig):
         dropout_p: dropout on embeddings and on each residual branch.
         num_channels: channels of the mixer, each with its own energy E and absorption eta (several memory lengths).
         channel_dim: value dimensions per channel (the scan's P).
+        key_dim: 0 (default) scans the values themselves. K > 0 scans the outer products k_j v_j^T of a key and a
+            value per token (K x channel_dim per channel: the resolvent applied to key-value pairs) and reads the
+            result out with a query, out_i = q_i^T sum_j G^(i)[i, j] k_j v_j^T: a keyed, associative memory whose
+            decay is the Green's function. Keys and queries are unit vectors, so the Ward identity still bounds
+            the read-out by the value norm.
         ffn_dim: hidden width of each expert (default 2 * d_model).
         epsilon: lower bound on eta (limiting absorption): eta = epsilon + softplus(rho), so Im z >= epsilon > 0.
         use_lap: if True (default) eta = epsilon + softplus(rho); if False eta = exp(log_eta) is learned freely.
@@ -69,6 +74,7 @@ class ResNetBKConfig(PretrainedConfig):
     dropout_p: float = 0.0
     num_channels: int = 8
     channel_dim: int = 16
+    key_dim: int = 0
     ffn_dim: int | None = None
     use_birman_schwinger: bool = False
     epsilon: float = 0.05
@@ -107,6 +113,8 @@ class ResNetBKConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ResNetBKConfig: {name}={value!r} must be a positive integer")
+        if isinstance(self.key_dim, bool) or not isinstance(self.key_dim, int) or self.key_dim < 0:
+            raise ValueError(f"ResNetBKConfig: key_dim={self.key_dim!r} must be an integer >= 0 (0 turns keys off)")
         if self.ffn_dim is None:
             self.ffn_dim = 2 * self.d_model
         elif isinstance(self.ffn_dim, bool) or not isinstance(self.ffn_dim, int) or self.ffn_dim < 1:

@@ -74,20 +74,23 @@ def green_scan_step(
     first position.  Returns the state at this position, which is also this position's output.
     """
     d_re = a - z_re
-    d_im = (-z_im).expand_as(a)
-    if state is not None:
+    if state is None:
+        d_im = (-z_im).expand_as(a)
+    else:
         g_re, g_im, y_re, y_im = state
         t2 = hop_prev * hop_prev
         d_re = d_re - t2 * g_re
-        d_im = d_im - t2 * g_im
+        d_im = -z_im - t2 * g_im
     den = d_re * d_re + d_im * d_im  # >= eta^2 > 0 because Im(d) <= -eta
     ng_re, ng_im = d_re / den, -d_im / den
-    w_re, w_im = u_re, (u_im if u_im is not None else torch.zeros_like(u_re))
-    if state is not None:
-        t = hop_prev.unsqueeze(-1)
-        w_re = w_re - t * y_re
-        w_im = w_im - t * y_im
     gr, gi = ng_re.unsqueeze(-1), ng_im.unsqueeze(-1)
+    if state is None:  # w = u
+        if u_im is None:
+            return ng_re, ng_im, gr * u_re, gi * u_re
+        return ng_re, ng_im, gr * u_re - gi * u_im, gr * u_im + gi * u_re
+    t = hop_prev.unsqueeze(-1)
+    w_re = u_re - t * y_re
+    w_im = -t * y_im if u_im is None else u_im - t * y_im
     return ng_re, ng_im, gr * w_re - gi * w_im, gr * w_im + gi * w_re
 
 

@@ -112,6 +112,9 @@ class ResNetBKCache:
         self.positions: Optional[Tensor] = None  # (B,) long
         self.last_mask: Optional[Tensor] = None  # (B,) float
         self.seen_tokens = 0
+        # per-layer constants of the one-token step (E, eta, eta-scaled output weights), computed once per cache:
+        # a cache lives for one generation, during which the weights do not change
+        self.step_constants: list[Optional[dict[str, Tensor]]] = [None] * num_layers
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
@@ -201,9 +204,10 @@ class ResNetBKGreenMixer(nn.Module):
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
-        d, H, P = config.d_model, config.num_channels, config.channel_dim
-        self.num_channels, self.channel_dim = H, P
-        self.in_proj = nn.Linear(d, 2 * H + H * P + d)  # potential, hopping, values, output gate
+        d, H, P, K = config.d_model, config.num_channels, config.channel_dim, config.key_dim
+        self.num_channels, self.channel_dim, self.key_dim = H, P, K
+        # potential, hopping, values, (keys and queries,) output gate
+        self.in_proj = nn.Linear(d, 2 * H + H * P + 2 * H * K + d)
         self.energy = nn.Parameter(torch.empty(H))
         self.rho = nn.Parameter(torch.empty(H))
         self.out_proj = nn.Linear(H * (2 * P + 2), d)
@@ -240,6 +244,24 @@ class ResNetBKGreenMixer(nn.Module):
             a = a + self.config.prime_bump_scale * bump.unsqueeze(-1)
         return a
 
+    def scanned_values(self, v: Tensor, kq: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """What the resolvent is applied to, (..., H, scan width), and the queries that read it out (or None).
+
+        Plain values v_j (P per channel); with keys, the outer products k_j v_j^T (K x P per channel) of unit keys.
+        """
+        H, P, K = self.num_channels, self.channel_dim, self.key_dim
+        v = v.unflatten(-1, (H, P))
+        if not K:
+            return v, None
+        k, q = F.normalize(kq.unflatten(-1, (2, H, K)), dim=-1).unbind(-3)
+        return (k.unsqueeze(-1) * v.unsqueeze(-2)).flatten(-2), q
+
+    def read_out(self, y: Tensor, q: Optional[Tensor]) -> Tensor:
+        """y (..., H, scan width) -> (..., H, P): the values themselves, or q^T Y of the key-value state Y."""
+        if q is None:
+            return y
+        return (q.unsqueeze(-1) * y.unflatten(-1, (self.key_dim, self.channel_dim))).sum(-2)
+
     def forward(
         self,
         x: Tensor,
@@ -251,12 +273,13 @@ class ResNetBKGreenMixer(nn.Module):
     ) -> tuple[Tensor, Tensor, Optional[dict[str, Tensor]]]:
         c = self.config
         B, N, d = x.shape
-        H, P = self.num_channels, self.channel_dim
-        a_raw, t_raw, v, gate = self.in_proj(x).split([H, H, H * P, d], dim=-1)
+        H, P, K = self.num_channels, self.channel_dim, self.key_dim
+        a_raw, t_raw, v, kq, gate = self.in_proj(x).split([H, H, H * P, 2 * H * K, d], dim=-1)
         a = self.potential(a_raw, positions)
         # coupling between i-1 and i, decided by token i; padding contributes no values and cuts the coupling
         t = torch.sigmoid(t_raw) * mask_prev.unsqueeze(-1)
-        u = v.reshape(B, N, H, P) * mask[..., None, None]
+        u, q = self.scanned_values(v, kq)
+        u = u * mask[..., None, None]
         energy, eta = self.energy_eta()
         if c.use_birman_schwinger:
             sqrt_v = a.abs().sqrt()
@@ -286,6 +309,7 @@ class ResNetBKGreenMixer(nn.Module):
                 if new_state is not None:
                     new_state["bs_max"], new_state["bs_sum"] = run_max[:, -1], run_sum[:, -1]
 
+        y_re, y_im = self.read_out(y_re, q), self.read_out(y_im, q)
         # the Ward identity bounds eta * |y| by the value norm and eta * |g| by 1
         e = eta.unsqueeze(-1)
         feats = torch.cat([y_re * e, y_im * e, (g_re * eta).unsqueeze(-1), (g_im * eta).unsqueeze(-1)], dim=-1)
@@ -301,6 +325,57 @@ class ResNetBKGreenMixer(nn.Module):
         out = out * F.silu(gate)
         phase = torch.atan2(g_im, g_re).mean(-1)  # mean scattering phase over channels, in (0, pi)
         return out, phase, new_state
+
+    def step_constants(self) -> dict[str, Tensor]:
+        """What a decoding step needs that does not depend on the token: E, eta, and the output projection with
+        the features' eta scaling folded into its columns (out_proj(eta * f) = (W diag(eta)) f)."""
+        energy, eta = self.energy_eta()
+        P = self.channel_dim
+        scale = torch.cat([eta.unsqueeze(-1).expand(-1, 2 * P), eta.unsqueeze(-1), eta.unsqueeze(-1)], dim=-1)
+        return {"energy": energy, "eta": eta, "out_w": self.out_proj.weight * scale.reshape(1, -1)}
+
+    def step(
+        self, x: Tensor, state: dict[str, Tensor], consts: dict[str, Tensor], keep: Tensor, positions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """One token of every row (x: (B, d)) from the cached state, which is updated in place: the recurrences'
+        single step (green_scan_step), with nothing recomputed that does not depend on the token.
+
+        keep (B, 1): whether the previous position was a real token (padding cuts the coupling); positions (B,).
+        Returns (output (B, d), mean scattering phase (B,)).
+        """
+        c = self.config
+        B, d = x.shape
+        H, P, K = self.num_channels, self.channel_dim, self.key_dim
+        a_raw, t_raw, v, kq, gate = self.in_proj(x).split([H, H, H * P, 2 * H * K, d], dim=-1)
+        a = self.potential(a_raw, positions)
+        t = torch.sigmoid(t_raw) * keep
+        u, q = self.scanned_values(v, kq)
+        if c.use_birman_schwinger:
+            sqrt_v = a.abs().sqrt()
+            u = u * (torch.sign(a) * sqrt_v).unsqueeze(-1)
+        prev = (state["g_re"], state["g_im"], state["y_re"], state["y_im"])
+        g_re, g_im, y_re, y_im = green_scan_step(a, t, consts["energy"], consts["eta"], u, None, prev)
+        state.update(g_re=g_re, g_im=g_im, y_re=y_re, y_im=y_im)
+        if c.use_birman_schwinger:
+            y_re, y_im = y_re * sqrt_v.unsqueeze(-1), y_im * sqrt_v.unsqueeze(-1)
+            if c.schatten_threshold is not None:
+                v_abs = a.abs()
+                state["bs_max"] = torch.maximum(state["bs_max"], v_abs)
+                state["bs_sum"] = state["bs_sum"] + v_abs * g_im
+                bound2 = state["bs_max"] * state["bs_sum"] / consts["eta"]
+                thr2 = float(c.schatten_threshold) ** 2
+                scale = torch.sqrt(thr2 / torch.maximum(bound2, bound2.new_tensor(thr2))).unsqueeze(-1)
+                y_re, y_im = y_re * scale, y_im * scale
+        y_re, y_im = self.read_out(y_re, q), self.read_out(y_im, q)
+        feats = torch.cat([y_re, y_im, g_re.unsqueeze(-1), g_im.unsqueeze(-1)], dim=-1).view(B, H * (2 * P + 2))
+        out = F.linear(feats, consts["out_w"], self.out_proj.bias)
+        if c.use_semiseparable:
+            r = c.low_rank
+            q, k, vv = self.ss_proj(x).split([r, r, r], dim=-1)
+            state["ss"] = state["ss"] + k.unsqueeze(-1) * vv.unsqueeze(1)  # running sum of k v^T
+            out = out + self.ss_out(torch.bmm((q * r**-0.5).unsqueeze(1), state["ss"]).squeeze(1))
+        out = out * F.silu(gate)
+        return out, torch.atan2(g_im, g_re).mean(-1)
 
     def schatten_scale(
         self, a: Tensor, g_im: Tensor, eta: Tensor, mask: Tensor, state: Optional[dict[str, Tensor]]
@@ -334,8 +409,9 @@ class ResNetBKMoE(nn.Module):
         if not config.use_scattering_router:
             self.router = nn.Linear(d, E, bias=False)
 
-    def route(self, x: Tensor, phase: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns (weights (T, k), expert indices (T, k), load-balancing loss) for the flattened tokens."""
+    def route(self, x: Tensor, phase: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns (weights (T, k), expert indices (T, k), load-balancing loss) for the flattened tokens; the loss
+        is computed only where a gradient can use it."""
         c = self.config
         E, k = c.num_experts, c.top_k
         if c.use_scattering_router:
@@ -345,6 +421,8 @@ class ResNetBKMoE(nn.Module):
             return torch.softmax(top_logits, dim=-1), top_idx, x.new_zeros(())
         probs = torch.softmax(self.router(x), dim=-1)
         top_p, top_idx = probs.topk(k, dim=-1)
+        if not torch.is_grad_enabled():
+            return top_p, top_idx, x.new_zeros(())
         # Switch-Transformer balance loss over real tokens: E * sum_e (fraction routed to e) * (mean prob of e)
         m = mask.reshape(-1, 1)
         n_real = m.sum().clamp_min(1.0)
@@ -362,6 +440,11 @@ class ResNetBKMoE(nn.Module):
         if flat.shape[0] == 1:  # one token (decoding): run its chosen experts directly, no dispatch machinery
             return self._single_token(flat, weights, idx).view(B, N, d), aux
         return self._dispatch(flat, weights, idx).view(B, N, d), aux
+
+    def step(self, x: Tensor, phase: Tensor) -> Tensor:
+        """One token of every row (x: (B, d)), at inference: routed and mixed, no balance loss."""
+        weights, idx, _ = self.route(x, phase, None)
+        return self._single_token(x, weights, idx) if x.shape[0] == 1 else self._dispatch(x, weights, idx)
 
     def _dispatch_traceable(self, flat: Tensor, weights: Tensor, idx: Tensor) -> Tensor:
         """The export form of `_dispatch`: each expert gathers the (token, slot) pairs routed to it with `nonzero`
@@ -397,7 +480,7 @@ class ResNetBKMoE(nn.Module):
         out = None
         for slot in sorted(range(len(experts)), key=experts.__getitem__):
             e = experts[slot]
-            h = (F.silu(flat @ self.w_in[e]) @ self.w_out[e]) * weights[:, slot : slot + 1]
+            h = torch.mm(F.silu(torch.mm(flat, self.w_in[e])), self.w_out[e]) * weights[:, slot : slot + 1]
             out = h if out is None else out + h
         return out
 
@@ -443,6 +526,15 @@ class ResNetBKBlock(GradientCheckpointingLayer):
         h = h + self._drop(f)
         halt_p = self.halt(h) if hasattr(self, "halt") else None
         return h, aux, halt_p
+
+    def step(self, h: Tensor, cache: ResNetBKCache, keep: Tensor, positions: Tensor) -> Tensor:
+        """One token of every row (h: (B, d)) at inference, continuing and updating this layer's cached state."""
+        consts = cache.step_constants[self.layer_idx]
+        if consts is None:
+            consts = cache.step_constants[self.layer_idx] = self.mixer.step_constants()
+        m, phase = self.mixer.step(self.norm1(h), cache.layers[self.layer_idx], consts, keep, positions)
+        h = h + m
+        return h + self.moe.step(self.norm2(h), phase)
 
     def _drop(self, x: Tensor) -> Tensor:
         return self.drop(x) if self.drop.p > 0 else x  # p = 0 (the default) keeps dropout out of the graph
@@ -592,6 +684,11 @@ class ResNetBKModel(ResNetBKPreTrainedModel):
         if self.gradient_checkpointing and self.training and use_cache:
             use_cache = False  # checkpointed blocks recompute; a cache is for generation
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if self._can_step(h, cache, attention_mask, output_hidden_states):
+            h = self._step(h[:, 0], cache, position_ids)
+            out = ResNetBKModelOutput(last_hidden_state=h.unsqueeze(1), aux_loss=h.new_zeros(()),
+                                      **{CACHE_OUTPUT_FIELD: cache if use_cache else None})
+            return out if return_dict else out.to_tuple()
         if cache is None and use_cache:
             cache = ResNetBKCache(c.n_layers)
         mask, mask_prev, positions = self._token_masks(h, attention_mask, position_ids, cache)
@@ -624,6 +721,28 @@ class ResNetBKModel(ResNetBKPreTrainedModel):
             **{CACHE_OUTPUT_FIELD: cache if use_cache else None},
         )
         return out if return_dict else out.to_tuple()
+
+    def _can_step(self, h: Tensor, cache: Optional[ResNetBKCache], attention_mask: Optional[Tensor],
+                  output_hidden_states: bool) -> bool:
+        """Whether this call is one decoding step the fast path covers: one new real token per row, a cache that
+        already holds a state, no gradient, and no per-layer outputs or adaptive computation to report."""
+        return (
+            cache is not None and h.shape[1] == 1 and cache.positions is not None and not torch.is_grad_enabled()
+            and not output_hidden_states and not self.config.use_act and not self.training
+            and (attention_mask is None or bool(attention_mask[:, -1].all()))
+            and not (torch.compiler.is_exporting() or torch.jit.is_tracing())
+        )
+
+    def _step(self, h: Tensor, cache: ResNetBKCache, position_ids: Optional[Tensor]) -> Tensor:
+        """One fused recurrent step per layer for one new token per row (h: (B, d)); updates the cache in place."""
+        keep = cache.last_mask.to(h.dtype).unsqueeze(-1)
+        positions = position_ids.reshape(-1).long() + 1 if position_ids is not None else cache.positions + 1
+        for block in self.layers:
+            h = block.step(h, cache, keep, positions)
+        cache.positions = cache.positions + 1
+        cache.last_mask = torch.ones_like(cache.last_mask)
+        cache.seen_tokens += 1
+        return self.norm(h)
 
     @staticmethod
     def _token_masks(

@@ -1,0 +1,361 @@
+"""Recall and long-context benchmark: ResNet-BK vs GPT-2 (SDPA) vs Mamba (transformers, mambapy path), side by side.
+
+Every model goes through the same suite (``hubtrain.evaluation.recall``) with the same loop, schedule, data and
+budget, at matched non-embedding parameters (GPT-2's MLP width and Mamba's depth are set to match ResNet-BK's
+count; the table lists them):
+
+* MQAR (Zoology): accuracy at the answers over a grid of sequence lengths x key-value pairs x widths;
+* selective copying and induction heads (Mamba's paper), trained at 256 tokens, tested up to 64k: extrapolation;
+* passkey retrieval, trained at 1k tokens, tested at 1k-32k for every depth.
+
+Each model gets its own learning rate from a small sweep the script runs first (reported). GPT-2 past its
+``n_positions`` is "n/a", never 0. Recurrent state per layer is read off one real decoding step.
+
+    python benchmarks/recall.py            # the full run (about an hour on 2 cores)
+    python benchmarks/recall.py --quick    # a few minutes: the whole path at toy sizes
+
+Writes ``benchmarks/results/recall.{md,json}`` and ``recall_mqar.png``, ``recall_extrapolation.png``,
+``recall_passkey.png``. Results are saved as each run finishes; ``--reuse`` picks a stopped run up where it was.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+MODELS = ("resnet_bk", "gpt2", "mamba")
+LABELS = {"resnet_bk": "ResNet-BK", "gpt2": "GPT-2 (sdpa)", "mamba": "Mamba (mambapy)"}
+
+
+# --------------------------------------------------------------------------------------------------------- models
+
+
+def non_embedding(config: Any) -> int:
+    from transformers import AutoModelForCausalLM
+
+    import hubtrain.models  # noqa: F401  (registers ResNet-BK)
+
+    hubtrain.models.register_all()
+    import torch
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return model.num_parameters(exclude_embeddings=True)
+
+
+def configs(name: str, *, vocab: int, d: int, layers: int, max_len: int, resnet_bk: dict) -> Any:
+    """The model's config at width ``d``; GPT-2 and Mamba sized to ResNet-BK's non-embedding parameters."""
+    from transformers import GPT2Config, MambaConfig
+
+    from hubtrain.models.resnet_bk import ResNetBKConfig
+
+    rbk = ResNetBKConfig(vocab_size=vocab, d_model=d, n_layers=layers, num_channels=max(1, d // 16), channel_dim=16,
+                         num_experts=2, ffn_dim=2 * d, n_seq=max_len, **resnet_bk)
+    if name == "resnet_bk":
+        return rbk
+    target = non_embedding(rbk)
+    if name == "gpt2":
+        base = dict(vocab_size=vocab, n_embd=d, n_layer=layers, n_head=max(1, d // 32), n_positions=max_len,
+                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+        # attention costs 4 d^2 per layer, the MLP 2 d n_inner: choose n_inner to land on the target
+        n_inner = max(d, round((target / layers - 4 * d * d - 9 * d) / (2 * d + 1)))
+        return GPT2Config(**base, n_inner=n_inner)
+    if name == "mamba":
+        per_layer = non_embedding(MambaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=1, state_size=16,
+                                              use_mambapy=True))
+        n = max(1, round(target / per_layer))
+        return MambaConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=n, state_size=16, use_mambapy=True)
+    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+
+
+# --------------------------------------------------------------------------------------------------------- runs
+
+
+class Store:
+    """Results keyed by run, written to JSON after every run (so a long run can stop and go on with --reuse)."""
+
+    def __init__(self, path: Path, reuse: bool) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if reuse and path.is_file() else {}
+        self.data.setdefault("runs", {})
+
+    def get(self, key: str) -> Any:
+        return self.data["runs"].get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.data["runs"][key] = value
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        os.replace(tmp, self.path)
+
+
+def run(store: Store, key: str, fn) -> Any:
+    cached = store.get(key)
+    if cached is not None:
+        return cached
+    t0 = time.perf_counter()
+    result = fn()
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    store.put(key, result)
+    print(f"  {key}: {json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))})}", flush=True)
+    return result
+
+
+def train_and_score(config: Any, task: Any, train_len: int, test_lens: list[int], *, steps: int, batch: int, lr: float,
+                    seed: int, examples: int, name: str) -> dict[str, Any]:
+    import torch
+
+    from hubtrain.evaluation.recall import evaluate, state_bytes_per_layer, train
+
+    lm = train(config, task, train_len, steps=steps, batch_size=batch, lr=lr, seed=seed)
+    model = lm.model.eval()
+    limit = getattr(config, "n_positions", None)
+    scores = {}
+    for n in test_lens:
+        if limit is not None and n > limit:
+            scores[str(n)] = None  # GPT-2 has no position past its table: not applicable, not zero
+            continue
+        count = max(8, min(examples, examples * 1024 // n))
+        scores[str(n)] = evaluate(model, task, n, examples=count, batch_size=batch, seed=seed + 10_000)["accuracy"]
+    del model
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return {"model": name, "scores": scores, "chance": task.chance, "lr": lr,
+            "non_embedding": lm.model.num_parameters(exclude_embeddings=True),
+            "state_bytes_per_layer": state_bytes_per_layer(lm.model)}
+
+
+# --------------------------------------------------------------------------------------------------------- report
+
+
+def fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def report(store: Store, args: argparse.Namespace, out: Path) -> str:
+    runs = store.data["runs"]
+    lines = ["# Recall and long-context benchmark", "",
+             f"`python benchmarks/recall.py{' --quick' if args.quick else ''}`: {store.data.get('settings', {})}", ""]
+    lr = store.data.get("lr", {})
+    if lr:
+        lines += ["## Learning rates (sweep on MQAR, best final accuracy)", "", "| model | " + " | ".join(
+            f"lr {x:g}" for x in args.lrs) + " | chosen |", "|---|" + "---:|" * (len(args.lrs) + 1)]
+        for m in args.models:
+            row = [fmt(runs.get(f"sweep/{m}/{x:g}", {}).get("scores", {}).get(str(args.sweep_len))) for x in args.lrs]
+            lines.append(f"| {LABELS[m]} | " + " | ".join(row) + f" | {lr.get(m, 'n/a')} |")
+        lines.append("")
+    lines += ["## MQAR accuracy at the answers", ""]
+    for d in args.widths:
+        lines += [f"### d_model {d}", "", "| seq len | pairs | " + " | ".join(LABELS[m] for m in args.models) + " | chance |",
+                  "|---:|---:|" + "---:|" * (len(args.models) + 1)]
+        for n in args.seq_lens:
+            for pairs in args.pairs:
+                if 4 * pairs > n:
+                    continue
+                cells = [runs.get(f"mqar/{m}/d{d}/n{n}/p{pairs}") for m in args.models]
+                if not any(cells):
+                    continue
+                chance = next((c["chance"] for c in cells if c), None)
+                lines.append(f"| {n} | {pairs} | " + " | ".join(fmt(c["scores"][str(n)]) if c else "-" for c in cells)
+                             + f" | {chance:.4f} |")
+        lines.append("")
+    meta = [(m, runs.get(f"mqar/{m}/d{args.widths[0]}/n{args.seq_lens[0]}/p{args.pairs[0]}")) for m in args.models]
+    lines += ["## Size and state", "", "| model | non-embedding parameters (d_model %d) | recurrent state per layer |"
+              % args.widths[0], "|---|---:|---:|"]
+    for m, r in meta:
+        if r:
+            state = r["state_bytes_per_layer"]
+            lines.append(f"| {LABELS[m]} | {r['non_embedding']:,} | "
+                         + (f"{state:,} bytes" if state else "grows with the context (KV cache)") + " |")
+    lines.append("")
+    for task in ("selective_copying", "induction_heads"):
+        lines += [f"## {task.replace('_', ' ')}: trained at {args.extrap_train_len}, accuracy by test length", "",
+                  "| model | " + " | ".join(str(n) for n in args.extrap_lens) + " | ratio at 64x |",
+                  "|---|" + "---:|" * (len(args.extrap_lens) + 1)]
+        for m in args.models:
+            r = runs.get(f"{task}/{m}")
+            if r:
+                s = r["scores"]
+                base, far = s.get(str(args.extrap_lens[0])), s.get(str(args.extrap_lens[-1]))
+                ratio = "n/a" if not base or far is None else f"{far / base:.3f}"
+                lines.append(f"| {LABELS[m]} | " + " | ".join(fmt(s.get(str(n))) for n in args.extrap_lens) + f" | {ratio} |")
+        lines.append("")
+    lines += [f"## Passkey: trained at {args.passkey_train_len}, exact 5-digit accuracy by length and depth", ""]
+    for m in args.models:
+        rows = [(depth, runs.get(f"passkey/{m}/depth{depth}")) for depth in args.depths]
+        if not any(r for _, r in rows):
+            continue
+        lines += [f"### {LABELS[m]}", "", "| depth | " + " | ".join(str(n) for n in args.passkey_lens) + " |",
+                  "|---:|" + "---:|" * len(args.passkey_lens)]
+        for depth, r in rows:
+            if r:
+                lines.append(f"| {depth} | " + " | ".join(fmt(r["scores"].get(str(n))) for n in args.passkey_lens) + " |")
+        lines.append("")
+    text = "\n".join(lines) + "\n"
+    (out / "recall.md").write_text(text)
+    return text
+
+
+def plots(store: Store, args: argparse.Namespace, out: Path) -> None:
+    from matplotlib.figure import Figure
+
+    runs = store.data["runs"]
+    fig = Figure(figsize=(4.2 * len(args.pairs), 3.4 * len(args.widths)))
+    axes = fig.subplots(len(args.widths), len(args.pairs), squeeze=False)
+    for row, d in enumerate(args.widths):
+        for col, pairs in enumerate(args.pairs):
+            ax = axes[row][col]
+            for m in args.models:
+                pts = [(n, runs[k]["scores"][str(n)]) for n in args.seq_lens
+                       if (k := f"mqar/{m}/d{d}/n{n}/p{pairs}") in runs and runs[k]["scores"][str(n)] is not None]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=LABELS[m])
+            ax.set(title=f"d={d}, {pairs} pairs", xscale="log", xlabel="sequence length", ylim=(-0.02, 1.02))
+            ax.set_xticks(args.seq_lens, [str(n) for n in args.seq_lens])
+            ax.grid(alpha=0.3)
+            if row == 0 and col == 0:
+                ax.set_ylabel("MQAR accuracy")
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "recall_mqar.png", dpi=90)
+
+    fig = Figure(figsize=(9, 3.4))
+    for ax, task in zip(fig.subplots(1, 2), ("selective_copying", "induction_heads")):
+        for m in args.models:
+            r = runs.get(f"{task}/{m}")
+            if r:
+                pts = [(n, r["scores"][str(n)]) for n in args.extrap_lens if r["scores"].get(str(n)) is not None]
+                ax.plot(*zip(*pts), marker="o", label=LABELS[m])
+        ax.axvline(args.extrap_train_len, color="gray", ls=":", lw=1)
+        ax.set(title=task.replace("_", " "), xscale="log", xlabel="test length", ylabel="accuracy", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "recall_extrapolation.png", dpi=90)
+
+    fig = Figure(figsize=(4.2 * len(args.models), 3.4))
+    for ax, m in zip(fig.subplots(1, len(args.models), squeeze=False)[0], args.models):
+        for depth in args.depths:
+            r = runs.get(f"passkey/{m}/depth{depth}")
+            if r:
+                pts = [(n, r["scores"][str(n)]) for n in args.passkey_lens if r["scores"].get(str(n)) is not None]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=f"depth {depth}")
+        ax.set(title=LABELS[m], xscale="log", xlabel="length", ylabel="passkey exact", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "recall_passkey.png", dpi=90)
+
+
+# --------------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--vocab", type=int, default=128, help="MQAR vocabulary (keys from the first half, values the second)")
+    p.add_argument("--widths", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[64, 128, 256, 512])
+    p.add_argument("--pairs", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps per MQAR run")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2], help="the per-model learning-rate sweep")
+    p.add_argument("--sweep-len", type=int, default=128)
+    p.add_argument("--extrap-train-len", type=int, default=256)
+    p.add_argument("--extrap-lens", type=int, nargs="+", default=[256, 1024, 4096, 16384, 65536])
+    p.add_argument("--extrap-steps", type=int, default=600)
+    p.add_argument("--passkey-train-len", type=int, default=1024)
+    p.add_argument("--passkey-lens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768])
+    p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--passkey-steps", type=int, default=300)
+    p.add_argument("--examples", type=int, default=256, help="held-out examples per score (fewer at long lengths)")
+    p.add_argument("--resnet-bk", default="{}", help="ResNetBKConfig fields as JSON, e.g. '{\"key_dim\": 4}'")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="toy sizes: the whole path in a few minutes")
+    p.add_argument("--reuse", action="store_true", help="keep the finished runs of an earlier call with these settings")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.widths, args.seq_lens, args.pairs, args.steps = [32], [32, 64], [4, 8], 40
+        args.lrs, args.sweep_len = [3e-3, 1e-2], 32
+        args.extrap_train_len, args.extrap_lens, args.extrap_steps = 64, [64, 256, 1024, 4096], 60
+        args.passkey_train_len, args.passkey_lens, args.depths, args.passkey_steps = 128, [128, 512], [0.0, 0.5, 1.0], 40
+        args.examples = 64
+
+    import torch
+
+    from hubtrain.evaluation.recall import MQAR, InductionHeads, Passkey, SelectiveCopying
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    store = Store(args.out / "recall.json", args.reuse)
+    resnet_bk = json.loads(args.resnet_bk)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "reuse")}
+    if store.data.get("settings") not in (None, settings):
+        raise SystemExit("--reuse: recall.json was made with other settings; drop --reuse to start afresh")
+    store.data["settings"] = settings
+    print(f"recall benchmark: models {args.models}, widths {args.widths}; results in {args.out}", flush=True)
+
+    def cfg(m: str, d: int, max_len: int) -> Any:
+        return configs(m, vocab=args.vocab, d=d, layers=args.layers, max_len=max_len, resnet_bk=resnet_bk)
+
+    # 1. each model's learning rate: a sweep on one MQAR point
+    sweep_task = MQAR(vocab=args.vocab, num_pairs=args.pairs[0])
+    chosen = {}
+    for m in args.models:
+        scores = {}
+        for lr in args.lrs:
+            r = run(store, f"sweep/{m}/{lr:g}", lambda: train_and_score(
+                cfg(m, args.widths[0], args.sweep_len), sweep_task, args.sweep_len, [args.sweep_len], steps=args.steps,
+                batch=args.batch, lr=lr, seed=args.seed, examples=args.examples, name=m))
+            scores[lr] = r["scores"][str(args.sweep_len)]
+        chosen[m] = max(scores, key=lambda lr: (scores[lr], -abs(math.log(lr / 3e-3))))
+    store.data["lr"] = chosen
+    # 2. MQAR grid
+    for d in args.widths:
+        for n in args.seq_lens:
+            for pairs in args.pairs:
+                if 4 * pairs > n:
+                    continue
+                task = MQAR(vocab=args.vocab, num_pairs=pairs)
+                for m in args.models:
+                    run(store, f"mqar/{m}/d{d}/n{n}/p{pairs}", lambda: train_and_score(
+                        cfg(m, d, n), task, n, [n], steps=args.steps, batch=args.batch, lr=chosen[m], seed=args.seed,
+                        examples=args.examples, name=m))
+    # 3. extrapolation: trained at one length, tested far beyond it
+    d = args.widths[0]
+    for task in (SelectiveCopying(), InductionHeads()):
+        for m in args.models:
+            run(store, f"{task.name}/{m}", lambda: train_and_score(
+                cfg(m, d, args.extrap_train_len), task, args.extrap_train_len, args.extrap_lens, steps=args.extrap_steps,
+                batch=args.batch, lr=chosen[m], seed=args.seed, examples=args.examples, name=m))
+    # 4. passkey: one model per architecture trained at random depths, scored at each depth and length
+    for m in args.models:
+        def passkey_runs() -> dict[str, Any]:
+            from hubtrain.evaluation.recall import evaluate, train
+
+            lm = train(cfg(m, d, args.passkey_train_len), Passkey(), args.passkey_train_len, steps=args.passkey_steps,
+                       batch_size=max(4, args.batch // 4), lr=chosen[m], seed=args.seed)
+            limit = getattr(lm.model.config, "n_positions", None)
+            return {"by_depth": {str(depth): {str(n): (None if limit and n > limit else evaluate(
+                lm.model, Passkey(depth=depth), n, examples=max(8, args.examples // 8), batch_size=4,
+                seed=args.seed + 20_000)["exact"]) for n in args.passkey_lens} for depth in args.depths}}
+        r = run(store, f"passkey/{m}", passkey_runs)
+        for depth in args.depths:
+            store.data["runs"][f"passkey/{m}/depth{depth}"] = {"scores": r["by_depth"][str(depth)]}
+    store.put("done", {"at": time.strftime("%Y-%m-%d %H:%M")})
+    print(report(store, args, args.out))
+    plots(store, args, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

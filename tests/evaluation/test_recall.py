@@ -1,0 +1,78 @@
+"""The recall suite's data: answers are where each task says, a perfect reader scores 1.0, a reader that ignores the
+context scores at chance, and the suite trains and scores a model through hubtrain's own task and trainer."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hubtrain.evaluation.recall import (
+    IGNORE,
+    MQAR,
+    InductionHeads,
+    Passkey,
+    SelectiveCopying,
+    evaluate,
+    score_predictions,
+    state_bytes_per_layer,
+    train,
+)
+
+TASKS = [MQAR(vocab=64, num_pairs=6), SelectiveCopying(vocab=16, num_tokens=8), InductionHeads(vocab=16), Passkey()]
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: t.name)
+def test_every_answer_was_written_earlier_in_its_sequence_and_the_oracle_scores_one(task):
+    ids, labels = task.sample(64, 96, seed=3)
+    assert ids.shape == labels.shape == (64, 96) and ids.max() < task.vocab_size and ids.min() >= 0
+    scored = labels != IGNORE
+    assert scored.any(1).all() and not scored[:, 0].any()
+    assert torch.equal(ids[scored], labels[scored])  # a label is the token at its position (transformers' convention)
+    for row in range(64):
+        for pos in scored[row].nonzero().flatten().tolist():
+            assert (ids[row, :pos - 1] == ids[row, pos]).any(), (task.name, row, pos)  # the answer appeared before
+    assert score_predictions(task.oracle(ids, labels), labels) == {"accuracy": 1.0, "exact": 1.0, "scored": int(scored.sum())}
+    again, again_labels = task.sample(64, 96, seed=3)
+    assert torch.equal(again, ids) and torch.equal(again_labels, labels)  # seeded
+    assert not torch.equal(task.sample(64, 96, seed=4)[0], ids)
+
+
+def test_task_specific_layouts():
+    ids, labels = MQAR(vocab=64, num_pairs=4).sample(8, 40, seed=0)
+    keys, values = ids[:, 0:8:2], ids[:, 1:8:2]
+    assert (keys < 32).all() and (keys >= 1).all() and (values >= 32).all()
+    for row in range(8):  # every key is asked once, answered by its own value
+        asked = ids[row][(labels[row] != IGNORE).roll(-1)]
+        assert sorted(asked.tolist()) == sorted(keys[row].tolist())
+    ids, labels = SelectiveCopying(vocab=16, num_tokens=8).sample(4, 64, seed=0)
+    data_in_region = [r[:55][r[:55] > 0].tolist() for r in ids]
+    assert data_in_region == [r[56:].tolist() for r in ids]  # copied in order after the separator
+    ids, labels = Passkey(depth=0.5).sample(4, 200, seed=0)
+    key_at = (ids == 11).nonzero()[:, 1]
+    assert ((key_at - 94).abs() <= 2).all()  # the key sits at half depth
+    with pytest.raises(ValueError, match="shorter than the task needs"):
+        MQAR(num_pairs=16).sample(1, 32, seed=0)
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda t: t.name)
+def test_a_reader_that_ignores_the_context_scores_at_chance(task):
+    """The best context-free predictor, a bigram table fit on 2,000 training sequences, evaluated on others."""
+    ids, labels = task.sample(2000, 96, seed=0)
+    table = torch.zeros(task.vocab_size, task.vocab_size)
+    scored = labels[:, 1:] != IGNORE
+    table.index_put_((ids[:, :-1][scored], labels[:, 1:][scored]), torch.ones(int(scored.sum())), accumulate=True)
+    test_ids, test_labels = task.sample(2000, 96, seed=1)
+    pred = table[test_ids[:, :-1]].argmax(-1)
+    accuracy = score_predictions(pred, test_labels)["accuracy"]
+    assert accuracy < 2.5 * task.chance, (task.name, accuracy, task.chance)
+
+
+def test_the_suite_trains_through_causal_lm_task_and_scores_held_out_examples(one_thread):
+    from hubtrain.models.resnet_bk import ResNetBKConfig
+
+    task = MQAR(vocab=32, num_pairs=2)
+    config = ResNetBKConfig(vocab_size=32, d_model=32, n_layers=1, num_channels=2, channel_dim=8, num_experts=1)
+    lm = train(config, task, 16, steps=3, batch_size=8)
+    result = evaluate(lm.model, task, 16, examples=16, batch_size=8)
+    assert set(result) >= {"accuracy", "exact", "chance", "seq_len"} and 0 <= result["accuracy"] <= 1
+    assert result["chance"] == pytest.approx(1 / 16) and result["scored"] == 32
+    assert state_bytes_per_layer(lm.model) == 4 * 2 * (2 + 2 * 8)  # g and y of 2 channels, float32
