@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -74,12 +75,39 @@ def test_export_space_writes_an_app_that_builds_the_same_page(digits_folder, tmp
     assert digits_folder.name in result.stdout
 
 
-@pytest.mark.parametrize("command, module, extra", [("serve", "gradio", "serve"), ("explain", "captum", "explain")])
+EXTRAS = [("serve", "gradio", "serve"), ("explain", "captum", "explain"), ("export", "onnx", "onnx")]
+
+
+def _argv(command: str, folder, tmp_path) -> list[str]:
+    return {"serve": ["serve", str(folder)], "explain": ["explain", str(folder), str(tmp_path / "x.png")],
+            "export": ["export", str(folder), "--format", "onnx", "--quantize", "int8", "--output-dir",
+                       str(tmp_path / "export")]}[command]
+
+
+@pytest.mark.parametrize("command, module, extra", EXTRAS)
 def test_missing_extra_is_one_line_naming_it(command, module, extra, digits_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, module, None)  # `import gradio` / `import captum` now fails
+    monkeypatch.setitem(sys.modules, module, None)  # `import gradio` / `import captum` / `import onnx` now fails
     if module == "captum":
         monkeypatch.setitem(sys.modules, "captum.attr", None)
-    args = [command, str(digits_folder)] + ([str(tmp_path / "x.png")] if command == "explain" else [])
-    assert main(args) == 2
+    assert main(_argv(command, digits_folder, tmp_path)) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and f"pip install 'hubtrain[{extra}]'" in err
+    assert err.count("\n") == 0 and f"pip install 'hubtrain[{extra}]'" in err, err
+
+
+@pytest.mark.parametrize("command, module, extra", EXTRAS)
+def test_missing_extra_in_a_python_without_it(command, module, extra, digits_folder, tmp_path):
+    """As a user who installed hubtrain without the extra sees it: the console script in a fresh Python in which
+    importing the extra's package fails as an absent one does (a module of that name, first on PYTHONPATH, that
+    raises ModuleNotFoundError); exit status 2 and one line on stderr, nothing else."""
+    import os
+
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / f"{module}.py").write_text(f"raise ModuleNotFoundError(\"No module named '{module}'\", name={module!r})\n")
+    hubtrain = str(Path(sys.executable).parent / "hubtrain")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(blocked)}
+    result = subprocess.run([hubtrain, *_argv(command, digits_folder, tmp_path)], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"pip install 'hubtrain[{extra}]'" in lines[0], result.stderr[-2000:]
