@@ -1,7 +1,8 @@
 """Driving ``hubtrain serve`` in a real headless browser: Debian's Chromium and chromium-driver through Selenium.
 
 Nothing is downloaded: the browser is the distribution's (``apt-get install chromium chromium-driver``); where it
-is missing, tests that need it skip and say so. ``.ci/run`` installs it, so CI runs them.
+is missing, tests that need it skip and say so. ``.ci/run`` installs it and sets ``HUBTRAIN_REQUIRE_BROWSER=1``,
+which turns that skip into a failure, so CI runs them or fails.
 """
 from __future__ import annotations
 
@@ -23,13 +24,22 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--window-size=1280,860")
 
 
+def _missing(reason: str) -> None:
+    if os.environ.get("HUBTRAIN_REQUIRE_BROWSER") == "1":  # CI installed the browser: a skip would hide a failure
+        pytest.fail(f"HUBTRAIN_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def chromium_paths() -> tuple[str, str]:
     """(browser, driver), or skip the test with the reason and the install command."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not (browser and driver):
-        pytest.skip("no Chromium: install Debian's `chromium chromium-driver` (apt-get) to run the browser test")
-    pytest.importorskip("selenium", reason="the browser test drives Chromium with Selenium: pip install 'hubtrain[browser]'")
+        _missing("no Chromium: install Debian's `chromium chromium-driver` (apt-get) to run the browser test")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        _missing("the browser test drives Chromium with Selenium: pip install 'hubtrain[browser]'")
     return browser, driver
 
 
