@@ -351,3 +351,36 @@ def context_lm(seed: int = 0, **options: Any) -> Any:
     model = ResNetBKForCausalLM(config).eval()
     assert_context_dependent(model, GENERATION_TINY["vocab_size"])
     return model
+
+# A Python in which `import hubtrain` fails: what a user who never installed hubtrain has.
+BLOCK_HUBTRAIN = """
+import importlib.abc, sys
+class _BlockHubtrain(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "hubtrain" or name.startswith("hubtrain."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+sys.meta_path.insert(0, _BlockHubtrain())
+try:
+    import hubtrain
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("hubtrain is importable: the test would prove nothing")
+"""
+
+
+def run_without_hubtrain(code: str, *args: Any, env: dict[str, str] | None = None, timeout: float = 300) -> Any:
+    """Run ``code`` (with ``sys.argv[1:] = args``) in a fresh Python that cannot import hubtrain; return the
+    completed process after asserting that it exited 0."""
+    import os
+    import subprocess
+    import sys
+
+    # one thread, as in the tests (`one_thread`): the same kernels on the same weights give identical outputs
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "TOKENIZERS_PARALLELISM": "false",
+                "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run([sys.executable, "-c", BLOCK_HUBTRAIN + code, *map(str, args)], capture_output=True,
+                            text=True, env=full_env, timeout=timeout)
+    assert result.returncode == 0, f"the script without hubtrain failed:\n{result.stderr[-3000:]}"
+    return result

@@ -171,3 +171,39 @@ def resnet_bk():
     config = ResNetBKConfig(vocab_size=64, d_model=32, n_layers=2, num_channels=4, channel_dim=8, ffn_dim=32,
                             num_experts=2, top_k=1, n_seq=32)
     return ResNetBKForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def lm_folder(tmp_path_factory):
+    """A trained ResNet-BK folder with its tokenizer: ``hubtrain quickstart lm --fast`` for 12 steps (seconds)."""
+    import torch
+
+    from hubtrain.cli.quickstart_lm import run_quickstart_lm
+
+    root = tmp_path_factory.mktemp("quickstart-lm")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run_quickstart_lm(output_dir=root / "lm", root_dir=root / "runs", fast=True, max_steps=12,
+                                   tokenizer_cache_dir=root / "tok", enable_progress_bar=False, max_new_tokens=4)
+    finally:
+        torch.set_num_threads(threads)
+    return Path(result["output_dir"])
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory):
+    """A digits classifier folder as ``hubtrain quickstart`` writes it (timm's test_resnet, 2 epochs, seconds)."""
+    import torch
+
+    from hubtrain.cli.quickstart import run_quickstart
+
+    root = tmp_path_factory.mktemp("quickstart")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run_quickstart(backbone="test_resnet", max_epochs=2, output_dir=str(root / "digits"),
+                                root_dir=str(root / "runs"), enable_progress_bar=False)
+    finally:
+        torch.set_num_threads(threads)
+    return Path(result["output_dir"])

@@ -38,11 +38,13 @@ from hubtrain.utils import atomic_dir, atomic_path, write_text_atomic
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
+LAYOUT_KEY = "hubtrain_weights_format"  # "timm" / "transformers": the weights use that library's keys
 CURVES_NAME = "training_curves.png"
 METRICS_NAME = "metrics.csv"
 PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm state, not parameters
+SPLITS = {"train": "train", "val": "validation", "test": "test"}  # logged stage -> the dataset split it ran on
 TASK_NAMES = {
     "image-classification": "Image Classification",
     "image-segmentation": "Semantic Segmentation",
@@ -173,6 +175,7 @@ class FolderInfo:
     remote_code: bool = False
     has_tokenizer: bool = False
     usage_call: str = "model(images)"
+    library_format: str | None = None  # "timm" / "transformers": a task folder that library's loader reads too
 
     @property
     def model_type(self) -> str | None:
@@ -233,7 +236,8 @@ def describe(folder: str | os.PathLike) -> FolderInfo:
         cls = task_class(config["hubtrain_task"])
         library, base_model = _backbone_origin(config.get("backbone"))
         return FolderInfo("task", cls.__name__, config, total, None, cls.pipeline_tag, "hubtrain",
-                          backbone_library=library, base_model=base_model, usage_call=cls.usage_call)
+                          backbone_library=library, base_model=base_model, usage_call=cls.usage_call,
+                          library_format=config.get(LAYOUT_KEY))
     if "model_type" in config:
         architectures = config.get("architectures") or []
         is_lm = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
@@ -288,6 +292,42 @@ def usage_snippet(info: FolderInfo, repo_id: str) -> str:
     return "\n".join(["from transformers import AutoModel", "", f'model = AutoModel.from_pretrained("{repo_id}"{remote})'])
 
 
+def library_snippets(info: FolderInfo, repo_id: str) -> list[tuple[str, str]]:
+    """(heading, code or sentence) for loading a folder without hubtrain, and with hubtrain where the main
+    snippet is the library's: what the card's Usage section adds after its first snippet."""
+    out: list[tuple[str, str]] = []
+    if info.library_format == "timm":
+        out.append(("With timm (no hubtrain needed)", "\n".join([
+            "import timm, torch", "from PIL import Image", "",
+            f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()',
+            "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
+            "labels = model.pretrained_cfg['label_names']",
+            "with torch.no_grad():",
+            '    probs = model(transform(Image.open("image.png").convert("RGB")).unsqueeze(0)).softmax(-1)',
+            "print(labels[int(probs.argmax())])"])))
+    if info.library_format in ("timm", "transformers"):
+        out.append(("With transformers (no hubtrain needed)", "\n".join([
+            "from transformers import pipeline", "",
+            f'classifier = pipeline("image-classification", model="{repo_id}")',
+            'print(classifier("image.png", top_k=5))'])))
+    if info.kind == "task" and info.library_format is None:
+        out.append(("Without hubtrain", f"No timm or transformers class reproduces this `{info.class_name}` "
+                    f"(a {info.backbone_library or 'hubtrain'} backbone with hubtrain's own head), so it loads with "
+                    "hubtrain only (`pip install hubtrain`), as above."))
+    if info.kind == "causal-lm":
+        remote = ", trust_remote_code=True" if info.remote_code else ""
+        if info.has_tokenizer:
+            out.append(("With the transformers pipeline", "\n".join([
+                "from transformers import pipeline", "",
+                f'generator = pipeline("text-generation", model="{repo_id}"{remote})',
+                'print(generator("def fibonacci(n):", max_new_tokens=20, do_sample=False)[0]["generated_text"])'])))
+        out.append(("With hubtrain", "\n".join([
+            "import hubtrain", "", f'task = hubtrain.load("{repo_id}")  # a CausalLMTask: model + tokenizer',
+            "# or on the command line:", f'#   hubtrain generate {repo_id.split("/")[-1]} --prompt "def main("',
+            f'#   hubtrain serve {repo_id.split("/")[-1]}'])))
+    return out
+
+
 def model_card(
     folder: str | os.PathLike,
     repo_id: str,
@@ -319,14 +359,14 @@ def model_card(
     eval_results = [
         EvalResult(task_type=pipeline or "other", task_name=TASK_NAMES.get(pipeline or "", pipeline or "custom"),
                    dataset_type=dataset_label, dataset_name=dataset_label,
-                   dataset_split=key.split("/")[0] if "/" in key else None, metric_type=split_metric(key)[1],
+                   dataset_split=SPLITS.get(split_metric(key)[0]), metric_type=split_metric(key)[1],
                    metric_name=key, metric_value=round(float(value), 6))
         for key, value in sorted(final.items())
     ]
     all_tags = ["hubtrain", *([info.backbone_library] if info.backbone_library else []),
                 *([info.model_type.replace("_", "-")] if info.model_type else []), *(tags or [])]
     data = ModelCardData(
-        library_name=info.library_name, license=license, tags=list(dict.fromkeys(all_tags)),
+        library_name=info.library_format or info.library_name, license=license, tags=list(dict.fromkeys(all_tags)),
         datasets=list(datasets) if datasets else None, pipeline_tag=pipeline, model_name=repo_id,
         base_model=info.base_model, eval_results=eval_results or None,
     )
@@ -345,6 +385,8 @@ def model_card(
         lines.append(f"| vocabulary | {info.config['vocab_size']:,} |")
     lines.append("| weights | safetensors |")
     lines += ["", "## Usage", "", "```python", usage_snippet(info, repo_id), "```"]
+    for heading, text in library_snippets(info, repo_id):
+        lines += ["", f"### {heading}", ""] + (["```python", text, "```"] if "\n" in text else [text])
     if final:
         lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in sorted(final.items())]
@@ -374,8 +416,17 @@ def _card_inputs(readme: Path) -> dict[str, Any]:
     return {k: v for k, v in {
         "metrics": {r.metric_name or r.metric_type: r.metric_value for r in results} or None,
         "datasets": data.datasets, "dataset_name": results[0].dataset_name if results else None,
-        "license": data.license, "tags": data.tags,
+        "license": data.license, "tags": data.tags, "hyperparameters": _card_hyperparameters(readme),
     }.items() if v}
+
+
+def _card_hyperparameters(readme: Path) -> dict[str, Any] | None:
+    """The hyper-parameters an earlier card listed (a folder in a library's own layout keeps them nowhere else)."""
+    found = re.search(r"## Hyper-parameters\n\n```json\n(.*?)\n```", readme.read_text(encoding="utf-8"), re.S)
+    try:
+        return json.loads(found.group(1)) if found else None
+    except json.JSONDecodeError:
+        return None
 
 
 def write_card(folder: str | os.PathLike, repo_id: str | None = None, *, metrics_csv: str | os.PathLike | None = None,
@@ -491,11 +542,51 @@ def _run_dir_of(task: Any) -> Path | None:
     return Path(run_dir) if run_dir else None
 
 
+def _dataset_of(task: Any) -> str | None:
+    """The name of the data set the attached trainer's data module read (its ``dataset_name``), if any."""
+    trainer = getattr(task, "_trainer", None)
+    name = getattr(getattr(trainer, "datamodule", None), "dataset_name", None) if trainer is not None else None
+    return name if isinstance(name, str) and name else None
+
+
 def _metrics_csv_in(run_dir: Path | None) -> Path | None:
     if run_dir is None:
         return None
     found = [run_dir / METRICS_NAME] if (run_dir / METRICS_NAME).is_file() else sorted(run_dir.rglob(METRICS_NAME))
     return found[0] if found else None
+
+
+def library_weights(task: Any) -> tuple[Any, dict[str, Any]] | None:
+    """(format, state dict in the library's keys) when ``task.library_format()`` holds every weight of the task and
+    the library's model, given them, computes the same outputs on a random batch; None otherwise."""
+    import torch
+
+    fmt = task.library_format()
+    if fmt is None:
+        return None
+    own = task.state_dict()
+    if set(own) != set(fmt.keys):
+        return None
+    state = {fmt.keys[k]: v.detach().cpu().contiguous() for k, v in own.items()}
+    try:
+        fmt.model.load_state_dict(state, strict=True)
+    except RuntimeError:
+        return None
+    size = (task.hub_config().get("preprocessing") or {}).get("input_size") or [3, 224, 224]
+    images = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
+    was_training = task.training
+    task.eval()
+    fmt.model.eval()
+    try:
+        with torch.no_grad():
+            ours = task(images.to(task.device)).float().cpu()
+            theirs = fmt.model(images)
+    finally:
+        task.train(was_training)
+    theirs = getattr(theirs, "logits", theirs).float()
+    if theirs.shape != ours.shape or not torch.allclose(theirs, ours, rtol=1e-4, atol=1e-5):
+        return None
+    return fmt, state
 
 
 def save_task(task: Any, folder: str | os.PathLike, *, metrics: dict[str, float] | None = None,
@@ -514,13 +605,27 @@ def save_task(task: Any, folder: str | os.PathLike, *, metrics: dict[str, float]
             if getattr(task, "tokenizer", None) is not None:
                 task.tokenizer.save_pretrained(tmp)
         else:
-            from safetensors.torch import save_model
+            from safetensors.torch import save_file, save_model
 
-            config = json.dumps(task.hub_config(), indent=2)  # fails here, before any file, if not JSON
-            save_model(task, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            (tmp / CONFIG_NAME).write_text(config + "\n", encoding="utf-8")
+            config = task.hub_config()
+            library = library_weights(task)
+            if library is not None:  # the library's own format, with hubtrain's keys beside the library's
+                fmt, state = library
+                config = {**fmt.config, **config, LAYOUT_KEY: fmt.library}
+            text = json.dumps(config, indent=2)  # fails here, before any file, if not JSON
+            if library is not None:
+                save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+                for name, content in fmt.files.items():
+                    (tmp / name).write_text(content, encoding="utf-8")
+            else:
+                save_model(task, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            (tmp / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
         for weights in tmp.glob("*.safetensors"):
             canonicalize_safetensors(weights)
+        dataset = _dataset_of(task)
+        if dataset and not card.get("datasets"):
+            card["datasets"] = [dataset]
+        card.setdefault("hyperparameters", task.init_args)
         write_card(tmp, card.pop("repo_id", None) or folder.name, metrics_csv=_metrics_csv_in(run_dir),
                    metrics=metrics or None, **card)
     return folder
@@ -643,7 +748,19 @@ def load_task_folder(folder: Path, info: FolderInfo | None = None, *, map_locati
     check_stored_args(stored, folder / CONFIG_NAME)
     model = task_class(info.config["hubtrain_task"])(**{**stored, **overrides})
     try:
-        load_model(model, str(folder / WEIGHTS_NAME), strict=strict, device=str(map_location))
+        layout = info.config.get(LAYOUT_KEY)
+        if layout is not None:  # the library's own keys: map them back onto the task
+            from safetensors.torch import load_file
+
+            fmt = model.library_format()
+            if fmt is None or fmt.library != layout:
+                raise ValueError(f"{folder / CONFIG_NAME} says its weights are in {layout}'s format, but this "
+                                 f"{info.class_name} has no {layout} classifier format; the folder is corrupt")
+            names = {v: k for k, v in fmt.keys.items()}
+            state = {names.get(k, k): v for k, v in load_file(str(folder / WEIGHTS_NAME), device=str(map_location)).items()}
+            model.load_state_dict(state, strict=strict)
+        else:
+            load_model(model, str(folder / WEIGHTS_NAME), strict=strict, device=str(map_location))
     except SafetensorError as err:
         raise ValueError(f"cannot read {folder / WEIGHTS_NAME}: {err} (corrupt or truncated); re-save the model") from None
     if "preprocessing" in info.config:

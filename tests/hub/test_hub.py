@@ -47,7 +47,8 @@ def test_task_model_round_trip_through_the_hub(local_hub, classifier, tmp_path, 
 
     readme = (folder / "README.md").read_text()
     meta = front_matter(readme)
-    assert meta["library_name"] == "hubtrain" and meta["license"] == "apache-2.0" and meta["datasets"] == ["digits"]
+    # timm reads the folder itself, so the Hub shows timm's snippet and widget for it
+    assert meta["library_name"] == "timm" and meta["license"] == "apache-2.0" and meta["datasets"] == ["digits"]
     results = meta["model-index"][0]["results"]
     reported = {m["name"]: m["value"] for r in results for m in r["metrics"]}
     assert reported == {"val/accuracy": 0.93, "val/loss": 0.38}

@@ -51,3 +51,25 @@ class BackboneConfig:
         if unknown:
             raise ValueError(f"BackboneConfig.from_dict: unknown field(s) {unknown}; known fields are {sorted(known)}.")
         return cls(**data)
+
+
+@dataclass
+class LibraryClassifier:
+    """A backbone plus a linear head in its own library's classifier format, so that the library's loader reads a
+    saved folder without hubtrain: timm's Hub format (``timm.create_model("local-dir:...")``) or a transformers
+    ``*ForImageClassification``.
+
+    Args:
+        library: ``"timm"`` or ``"transformers"``.
+        config: the library's ``config.json`` keys for this classifier.
+        keys: the backbone's and the head's state-dict keys (``"backbone.<key>"``, ``"head.<key>"``) -> the
+            library model's keys.
+        model: the library's classifier, built offline with random weights (to check the mapping against).
+        files: more files the library reads, name -> text (``preprocessor_config.json``).
+    """
+
+    library: str
+    config: dict[str, Any]
+    keys: dict[str, str]
+    model: Any
+    files: dict[str, str] = field(default_factory=dict)

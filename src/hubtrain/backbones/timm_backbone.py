@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .config import BackboneConfig
+from .config import BackboneConfig, LibraryClassifier
 from .resolve import resolve_hub_folder, resolve_timm_weights
 
 # Preprocessing fields of a timm pretrained_cfg that a rebuilt backbone must report identically.
@@ -54,6 +54,33 @@ class TimmBackbone(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         out = self.model(images)
         return list(out) if self.features_only else out
+
+    def library_classifier(self, head: nn.Linear, labels: Sequence[str], preprocessing: dict[str, Any] | None) -> LibraryClassifier | None:
+        """This backbone with ``head`` as timm's own classifier: the architecture built with ``num_classes`` (its
+        classifier is the linear head timm puts after the pooled features) and timm's Hub ``config.json``."""
+        import timm
+
+        if self.features_only:
+            return None
+        spec = self.backbone_spec
+        args = {k: v for k, v in spec.get("extra_kwargs", {}).items() if k not in ("pretrained_cfg_overlay", "num_classes", "features_only")}
+        data = {k: v for k, v in {**self.data_config, **(preprocessing or {})}.items() if k in _DATA_FIELDS}
+        model = timm.create_model(spec["model_name"], pretrained=False, num_classes=head.out_features,
+                                  pretrained_cfg_overlay={**spec.get("extra_kwargs", {}).get("pretrained_cfg_overlay", {}), **data}, **args)
+        classifier = model.pretrained_cfg.get("classifier")
+        if not classifier or not isinstance(model.get_classifier(), nn.Linear):
+            return None
+        keys = {f"backbone.model.{k}": k for k in self.model.state_dict()}
+        keys.update({"head.weight": f"{classifier}.weight", "head.bias": f"{classifier}.bias"})
+        cfg = {k: v for k, v in model.pretrained_cfg.items()
+               if k not in ("hf_hub_id", "hf_hub_filename", "url", "file", "source", "state_dict", "label_names",
+                            "label_descriptions", "tag") and v is not None}
+        cfg.update(data, num_classes=head.out_features)
+        config = {"architecture": cfg.pop("architecture", spec["model_name"]), "num_classes": head.out_features,
+                  "num_features": int(model.num_features), "label_names": list(labels),
+                  **({"global_pool": model.global_pool} if isinstance(getattr(model, "global_pool", None), str) else {}),
+                  **({"model_args": args} if args else {}), "pretrained_cfg": _jsonable(cfg)}
+        return LibraryClassifier("timm", config, keys, model)
 
 
 def _local_dir_config(folder: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:

@@ -357,6 +357,35 @@ class TransformersPooledBackbone(_HFBackbone):
             return hidden.mean(dim=(2, 3))
         return hidden[:, 0] if self.pooling == "cls" else hidden.mean(dim=1)
 
+    def library_classifier(self, head: nn.Linear, labels: Sequence[str], preprocessing: dict[str, Any] | None) -> Any:
+        """This backbone with ``head`` as the architecture's ``*ForImageClassification``, where transformers has one
+        whose weights are this model's under its base-model prefix plus one linear layer (whether it also pools the
+        same way is for the caller to check on real outputs)."""
+        from transformers import AutoModelForImageClassification
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+        from .config import LibraryClassifier
+
+        config = copy.deepcopy(self.model.config)
+        if config.model_type not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+            return None
+        config.id2label = {i: str(name) for i, name in enumerate(labels)}
+        config.label2id = {str(name): i for i, name in enumerate(labels)}
+        model = AutoModelForImageClassification.from_config(config)
+        model.config.architectures = [type(model).__name__]
+        library = model.state_dict()
+        prefix = model.base_model_prefix
+        keys = {f"backbone.model.{k}": f"{prefix}.{k}" for k in self.model.state_dict()}
+        if not set(keys.values()) <= set(library):
+            return None
+        rest = sorted(set(library) - set(keys.values()))
+        by_shape = {tuple(library[k].shape): k for k in rest}
+        if len(rest) != 2 or set(by_shape) != {tuple(head.weight.shape), tuple(head.bias.shape)}:
+            return None
+        keys.update({"head.weight": by_shape[tuple(head.weight.shape)], "head.bias": by_shape[tuple(head.bias.shape)]})
+        return LibraryClassifier("transformers", json.loads(model.config.to_json_string(use_diff=True)), keys, model,
+                                 files={"preprocessor_config.json": _processor_json({**self.data_config, **(preprocessing or {})})})
+
 
 class TransformersStageBackbone(_HFBackbone):
     """Multi-scale maps of a hierarchical model from its ``AutoBackbone`` (stage outputs, normed per stage)."""
@@ -617,6 +646,21 @@ def create_transformers_backbone(
         return TransformersStageBackbone(model, **common)
     levels = list(out_indices) if out_indices is not None else [1, 2, 3, 4]
     return TransformersViTPyramidBackbone(model, levels=levels, layers=layers, **common)
+
+
+def _processor_json(data: dict[str, Any]) -> str:
+    """An image processor that preprocesses as hubtrain evaluates (timm's eval transform): resize the short side to
+    size / crop_pct, centre-crop, scale to [0, 1], normalise. ``BitImageProcessor`` does exactly these steps."""
+    from PIL import Image
+    from transformers import BitImageProcessor
+
+    _, h, w = data["input_size"]
+    crop_pct = float(data.get("crop_pct") or 1.0)
+    resample = {"nearest": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC}.get(
+        str(data.get("interpolation", "bilinear")), Image.Resampling.BILINEAR)
+    processor = BitImageProcessor(size={"shortest_edge": int(math.floor(min(h, w) / crop_pct))}, crop_size={"height": h, "width": w},
+                                  do_center_crop=True, image_mean=list(data["mean"]), image_std=list(data["std"]), resample=resample)
+    return processor.to_json_string()
 
 
 def _apply_overrides(config: Any, overrides: dict[str, Any]) -> None:

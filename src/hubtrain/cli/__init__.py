@@ -6,6 +6,9 @@
     hubtrain export ...            ONNX / TorchScript / TensorRT export with verified numerics
     hubtrain push ...              upload a trained folder or checkpoints to the Hugging Face Hub
     hubtrain generate ...          stream text from a causal LM folder
+    hubtrain predict FOLDER IN...  batch predictions (images or prompts) as JSON Lines / CSV
+    hubtrain serve FOLDER          a live Gradio demo page on 127.0.0.1
+    hubtrain explain FOLDER IMAGE  Grad-CAM and integrated-gradients overlays for a classifier
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ TOOL_SUBCOMMANDS = {
     "export": ("hubtrain.cli.export_cmd", "export a model to ONNX / TorchScript / TensorRT and verify it"),
     "push": ("hubtrain.cli.push_cmd", "upload a model folder or checkpoints to the Hugging Face Hub"),
     "generate": ("hubtrain.cli.generate_cmd", "generate text from a causal LM folder, streaming tokens"),
+    "predict": ("hubtrain.cli.predict_cmd", "predict with a saved folder: images or prompts in, JSON Lines / CSV out "
+                "(`predict --config x.yaml` is Lightning's)"),
+    "serve": ("hubtrain.cli.serve_cmd", "a live demo page for a saved folder (Gradio), on 127.0.0.1"),
+    "explain": ("hubtrain.cli.explain_cmd", "Grad-CAM and integrated-gradients overlays for a classifier's prediction"),
 }
 
 EPILOG = """examples:
@@ -34,6 +41,9 @@ EPILOG = """examples:
   hubtrain export hubtrain-quickstart --format onnx
   hubtrain push hubtrain-quickstart --repo-id you/digits-resnet
   hubtrain generate hubtrain-quickstart-lm --prompt "def main("
+  hubtrain predict hubtrain-quickstart digits/*.png --output preds.jsonl
+  hubtrain serve hubtrain-quickstart                       # needs: pip install 'hubtrain[serve]'
+  hubtrain explain hubtrain-quickstart digit.png           # needs: pip install 'hubtrain[explain]'
 """
 
 
@@ -63,6 +73,12 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
         args=None if list(argv) == sys.argv[1:] else list(argv),  # the command line itself, or a caller's list
     )
     return 0
+
+
+def is_tool_predict(argv: Sequence[str]) -> bool:
+    """``hubtrain predict FOLDER INPUT...`` (and ``predict --help``) is hubtrain's batch predictor; ``hubtrain predict
+    --config x.yaml`` (any other first argument starting with '-') and a bare ``hubtrain predict`` are Lightning's."""
+    return len(argv) > 1 and argv[0] == "predict" and (not argv[1].startswith("-") or argv[1] in ("-h", "--help"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     importlib.import_module("hubtrain.cli.quickstart_lm").add_arguments(lm)
 
     for name in LIGHTNING_SUBCOMMANDS:
-        sub.add_parser(name, help=f"Lightning's `{name}` with AutoTrainer (see `hubtrain {name} --help`)", add_help=False)
+        if name not in TOOL_SUBCOMMANDS:
+            sub.add_parser(name, help=f"Lightning's `{name}` with AutoTrainer (see `hubtrain {name} --help`)", add_help=False)
     for name, (module, help_text) in TOOL_SUBCOMMANDS.items():
         tool = sub.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
         importlib.import_module(module).add_arguments(tool)
@@ -109,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else "hubtrain"
     try:
-        if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        if argv and argv[0] in LIGHTNING_SUBCOMMANDS and not is_tool_predict(argv):
             return run_lightning_cli(argv)
         parser = build_parser()
         args = parser.parse_args(argv)

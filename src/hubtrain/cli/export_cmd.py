@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=positive_float, default=None, help="max error relative to the outputs' scale, max(1, max |output|) (default 1e-5 vision, 1e-4 LMs)")
     parser.add_argument("--fp16", action="store_true", help="TensorRT: allow half precision")
     parser.add_argument("--int8", action="store_true", help="TensorRT: INT8 (needs calibration data or Q/DQ nodes)")
+    parser.add_argument("--quantize", choices=["int8"], default=None,
+                        help="also write model.int8.onnx (onnxruntime dynamic INT8), checked by argmax agreement")
     parser.add_argument("--max-batch-size", type=positive_int, default=8)
     parser.add_argument("--max-seq-len", type=positive_int, default=512)
     parser.add_argument("--benchmark", action="store_true", help="measure eager vs onnxruntime (vs TensorRT) latency")
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     formats = {"onnx", "torchscript", "tensorrt"} if "all" in args.format else set(args.format)
     wanted = ["onnx"] + (["onnx-optimized"] if args.optimize != "none" else [])
-    wanted += [f for f in ("torchscript", "tensorrt") if f in formats]
+    wanted += (["onnx-int8"] if args.quantize == "int8" else []) + [f for f in ("torchscript", "tensorrt") if f in formats]
     output = Path(args.output_dir) if args.output_dir else Path(f"{Path(args.model).name.removesuffix(Path(args.model).suffix)}-export")
     try:
         model = load(args.model, model_size=args.model_size, task=args.task)
@@ -73,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
             continue
         check = info.get("verification") or {}
         allowed = check.get("allowed_error", check.get("tolerance")) if check else None
-        err = f"  max abs error {check['max_abs_error']:.2e} (allowed {allowed:.1e})" if check else ""
+        err = f"  max abs error {check['max_abs_error']:.2e} (allowed {allowed:.1e})" if allowed is not None else ""
+        if "agreement" in check:
+            err = f"  argmax agreement {check['agreement']:.1%} with float, {check['size_ratio']:.2f}x smaller"
         print(f"{name:15s} {output / info['file']}  {info['size_mb']:.2f} MB{err}")
     if "benchmark" in report:
         print()

@@ -75,6 +75,13 @@ def dense_transforms(config: dict[str, Any], train: bool, extra: Sequence[v2.Tra
     ])
 
 
+def dense_eval_transform(task: Any) -> Any:
+    """PIL image -> normalised tensor, as a segmentor's or detector's data module evaluates (plain resize to the
+    saved input size, no crop)."""
+    transform = dense_transforms(resolve_transform_config(task), train=False)
+    return lambda image: transform(tv_tensors.Image(v2.functional.pil_to_tensor(image)))
+
+
 class SegmentationDataset(Dataset):
     """(image, mask) pairs from files; returns a normalised float image (3, H, W) and an int64 mask (H, W)."""
 

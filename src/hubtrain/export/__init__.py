@@ -17,6 +17,8 @@ _EXPORTS = {
     "onnx_op_types": "onnx_export",
     "ExportError": "spec",
     "ExportVerificationError": "spec",
+    "quantize_onnx": "quantize",
+    "QuantizationReport": "quantize",
     "export_to_torchscript": "torchscript",
     "export_to_tensorrt": "tensorrt",
     "tensorrt_unavailable_reason": "tensorrt",

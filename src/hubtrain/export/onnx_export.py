@@ -163,6 +163,9 @@ def export_to_onnx(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     verify_inputs: Sequence[tuple[torch.Tensor, ...]] | None = None,
+    quantize: str | None = None,
+    quantization: str = "dynamic",
+    calibration: Any = None,
 ) -> Path:
     """Export ``model`` to ONNX at ``path`` and (by default) verify it against PyTorch.
 
@@ -177,6 +180,11 @@ def export_to_onnx(
         verify: compare onnxruntime with PyTorch at shapes different from the example (other batch and lengths).
         tolerance: maximum absolute error; by default 1e-6 for image classifiers, 1e-4 for language-model
             logits (whose argmax must also agree everywhere).
+        quantize: ``"int8"`` writes an INT8 graph at ``path`` (``onnxruntime.quantization``), made from the verified
+            float export and checked against it by argmax agreement (see ``hubtrain.export.quantize``).
+        quantization: ``"dynamic"`` (INT8 weights, activations quantised at run time) or ``"static"`` (activation
+            ranges calibrated on ``calibration``: the task's data module, a data loader or a list of batches; by
+            default the data module of the trainer the task was fitted with).
 
     Returns:
         The path written.
@@ -187,10 +195,25 @@ def export_to_onnx(
         ExportError: the exporter or the ONNX checker failed.
     """
     spec = build_spec(model, example_inputs, input_names, output_names, what="export_to_onnx")
-    out, _, _ = export_spec_to_onnx(
-        spec, path, dynamic_axes=dynamic_axes, opset=opset, verify=verify, tolerance=tolerance, verify_inputs=verify_inputs
-    )
-    return out
+    if quantize is None:
+        out, _, _ = export_spec_to_onnx(
+            spec, path, dynamic_axes=dynamic_axes, opset=opset, verify=verify, tolerance=tolerance, verify_inputs=verify_inputs
+        )
+        return out
+    if quantize != "int8":
+        raise ValueError(f"quantize={quantize!r}: the supported quantization is 'int8' (or None for float)")
+    from hubtrain.export.quantize import quantize_onnx
+
+    if calibration is None and quantization == "static":
+        trainer = getattr(model, "_trainer", None)
+        calibration = getattr(trainer, "datamodule", None) if trainer is not None else None
+    with tempfile.TemporaryDirectory(prefix="hubtrain-float-") as tmp:
+        float_path, _, spec = export_spec_to_onnx(spec, Path(tmp) / "float.onnx", dynamic_axes=dynamic_axes, opset=opset,
+                                                  verify=verify, tolerance=tolerance, verify_inputs=verify_inputs)
+        report = quantize_onnx(float_path, path, spec, mode=quantization, calibration=calibration)
+    log.info("INT8 (%s) %s: %.1f%% argmax agreement with the float model, %.2fx smaller", quantization, path,
+             100 * report.agreement, report.size_ratio)
+    return Path(path)
 
 
 def ort_session(path: str | os.PathLike, *, num_threads: int | None = None, level: str | None = None) -> Any:

@@ -22,7 +22,7 @@ from hubtrain.export.tensorrt import export_to_tensorrt, tensorrt_unavailable_re
 from hubtrain.export.torchscript import export_to_torchscript
 from hubtrain.utils import atomic_dir, write_text_atomic
 
-FORMATS = ("onnx", "onnx-optimized", "torchscript", "tensorrt")
+FORMATS = ("onnx", "onnx-optimized", "onnx-int8", "torchscript", "tensorrt")
 
 
 def export_model_for_deployment(
@@ -81,6 +81,13 @@ def export_model_for_deployment(
                                             verify_inputs=spec.verification_inputs())
             report["artifacts"]["onnx-optimized"] = {"file": optimized.name, "level": optimize_level,
                                                      "size_mb": round(file_size_mb(optimized), 3)}
+        if "onnx-int8" in formats:  # dynamic INT8 (or static, with calibration_data), checked by argmax agreement
+            from hubtrain.export.quantize import quantize_onnx
+
+            mode = "static" if calibration_data is not None else "dynamic"
+            quantized = quantize_onnx(onnx_path, tmp / "model.int8.onnx", spec, mode=mode, calibration=calibration_data)
+            report["artifacts"]["onnx-int8"] = {"file": "model.int8.onnx", "size_mb": round(file_size_mb(tmp / "model.int8.onnx"), 3),
+                                                "verification": quantized.to_dict()}
         if "torchscript" in formats:
             ts = export_to_torchscript(model, tmp / "model.torchscript.pt", example_inputs, tolerance=tolerance)
             report["artifacts"]["torchscript"] = {"file": ts.name, "size_mb": round(file_size_mb(ts), 3)}

@@ -435,6 +435,24 @@ class BaseTask(pl.LightningModule):
             config["preprocessing"] = to_jsonable(preprocessing)
         return config
 
+    # ------------------------------------------------------------------ predictions for people (predict, serve)
+
+    def eval_transform(self) -> Any:
+        """PIL image -> normalised tensor, as the model was evaluated: timm's eval transform for the saved
+        preprocessing (resize, centre crop, normalise). Dense tasks resize without cropping."""
+        from ..data.transforms import build_transform, resolve_transform_config
+
+        return build_transform(resolve_transform_config(self), train=False)
+
+    def predict_images(self, images: list[Any], *, top_k: int = 5) -> list[dict[str, Any]]:
+        """One JSON-friendly record per PIL image (what ``hubtrain predict`` writes and ``hubtrain serve`` shows)."""
+        raise NotImplementedError(f"{type(self).__name__} does not predict on images")
+
+    def library_format(self) -> Any:
+        """This task in the own format of the library its model came from (a ``backbones.LibraryClassifier``), so
+        that library's loader reads the saved folder without hubtrain; None where no library class fits."""
+        return None
+
     def known_metrics(self) -> dict[str, float]:
         """Validation / test metrics of the attached trainer's last run (empty when there was none)."""
         trainer = self._trainer

@@ -186,6 +186,42 @@ class CausalLMTask(BaseTask):
             self._check_vocab()
             self._sync_special_tokens()
 
+    # -- text for people (generate, predict, serve) -----------------------------------------------------------------
+    def generation_kwargs(self, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int | None = None,
+                          top_p: float | None = None) -> dict[str, Any]:
+        """``generate`` arguments: greedy unless ``temperature`` > 0, then sampling with ``top_k`` / ``top_p``."""
+        tok = self.tokenizer
+        kwargs: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "do_sample": temperature > 0,
+                                  "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}
+        if temperature > 0:
+            kwargs |= {k: v for k, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)) if v}
+        return kwargs
+
+    def encode_prompt(self, prompt: str) -> dict[str, torch.Tensor]:
+        if self.tokenizer is None:
+            raise ValueError("this language model has no tokenizer; save one next to the model (tokenizer.save_pretrained)")
+        text = prompt or (self.tokenizer.bos_token or "")
+        if not text:
+            raise ValueError("empty prompt and the tokenizer has no BOS token; give a prompt")
+        return {k: v.to(self.device) for k, v in self.tokenizer(text, return_tensors="pt").items()}
+
+    @torch.no_grad()
+    def predict_texts(self, prompts: list[str], **generation: Any) -> list[dict[str, Any]]:
+        """``{"generated": continuation}`` per prompt. Prompts of equal token length run as one batch (no padding,
+        so a prompt's text never depends on its neighbours)."""
+        encoded = [self.encode_prompt(p) for p in prompts]
+        kwargs = self.generation_kwargs(**generation)
+        out: list[dict[str, Any] | None] = [None] * len(prompts)
+        groups: dict[int, list[int]] = {}
+        for i, enc in enumerate(encoded):
+            groups.setdefault(enc["input_ids"].shape[1], []).append(i)
+        for length, members in groups.items():
+            ids = torch.cat([encoded[i]["input_ids"] for i in members])
+            generated = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+            for i, row in zip(members, generated):
+                out[i] = {"generated": self.tokenizer.decode(row[length:], skip_special_tokens=True)}
+        return out  # type: ignore[return-value]
+
     # -- steps ----------------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, **kwargs: Any):
         return self.model(input_ids=input_ids, **kwargs)

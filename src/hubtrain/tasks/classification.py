@@ -203,6 +203,30 @@ class ImageClassifier(BaseTask):
         finally:
             self.train(was_training)
 
+    @torch.no_grad()
+    def predict_images(self, images: list[Any], *, top_k: int = 5) -> list[dict[str, Any]]:
+        """``{"label", "score", "labels": [{"label", "score"}, ...]}`` per image: the best class, then the ``top_k``
+        classes by probability."""
+        transform = self.eval_transform()
+        batch = torch.stack([transform(image.convert("RGB")) for image in images]).to(self.device)
+        probs = self.predict(batch).float().cpu()
+        scores, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        out = []
+        for row_s, row_i in zip(scores.tolist(), indices.tolist()):
+            labels = [{"label": self.class_names[i], "score": round(float(p), 6)} for p, i in zip(row_s, row_i)]
+            out.append({"label": labels[0]["label"], "score": labels[0]["score"], "labels": labels})
+        return out
+
+    def library_format(self) -> Any:
+        """The backbone and the linear head as timm's or transformers' own classifier (``LibraryClassifier``), or
+        None where the backbone's library has none; ``save_pretrained`` writes that format when it gives the same
+        logits, so the library's own loader reads the folder without hubtrain."""
+        make = getattr(self.backbone, "library_classifier", None)
+        fmt = make(self.head[1], self.class_names, self.preprocessing) if make is not None else None
+        if fmt is not None:
+            fmt.keys = {("head.1." + k[5:] if k.startswith("head.") else k): v for k, v in fmt.keys.items()}
+        return fmt
+
     def hub_config(self) -> dict[str, Any]:
         config = super().hub_config()
         config.update(num_classes=self.num_classes, multi_label=self.multi_label)

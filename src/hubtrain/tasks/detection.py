@@ -217,6 +217,27 @@ class ObjectDetector(BaseTask):
         outputs, points, level_sizes = self._raw(images)
         return self._decode(outputs, points, level_sizes, tuple(images.shape[-2:]))
 
+    def eval_transform(self) -> Any:
+        from hubtrain.data.segmentation import dense_eval_transform
+
+        return dense_eval_transform(self)
+
+    def predict_images(self, images: list[Any], *, top_k: int = 5) -> list[dict[str, Any]]:
+        """``{"detections": [{"label", "score", "box": [x0, y0, x1, y1]}]}`` per image, boxes in the image's own
+        pixels, best first."""
+        transform = self.eval_transform()
+        batch = torch.stack([transform(image.convert("RGB")) for image in images])
+        out = []
+        for image, found in zip(images, self.predict(batch)):
+            sx, sy = image.width / batch.shape[-1], image.height / batch.shape[-2]
+            scale = torch.tensor([sx, sy, sx, sy])
+            order = found["scores"].float().cpu().argsort(descending=True)
+            out.append({"detections": [
+                {"label": self.class_names[int(found["labels"][i])], "score": round(float(found["scores"][i]), 6),
+                 "box": [round(float(v), 2) for v in (found["boxes"][i].float().cpu() * scale).tolist()]}
+                for i in order.tolist()]})
+        return out
+
     @torch.no_grad()
     def predict(self, images: Tensor | Sequence[Tensor]) -> list[dict[str, Tensor]]:
         """One ``{"boxes" (N, 4) xyxy, "scores" (N,), "labels" (N,)}`` per normalised image, in eval mode."""

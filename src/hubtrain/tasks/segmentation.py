@@ -223,6 +223,31 @@ class SemanticSegmentor(BaseTask):
         size = batch[1].shape[-2:] if isinstance(batch, (tuple, list)) and len(batch) > 1 else images.shape[-2:]
         return self(images, output_size=size).argmax(dim=1)
 
+    def eval_transform(self) -> Any:
+        from ..data.segmentation import dense_eval_transform
+
+        return dense_eval_transform(self)
+
+    @torch.no_grad()
+    def predict_images(self, images: list[Any], *, top_k: int = 5) -> list[dict[str, Any]]:
+        """``{"mask": uint8 array (H, W) at the image's own size, "class_share": {class: fraction of pixels}}``."""
+        transform = self.eval_transform()
+        batch = torch.stack([transform(image.convert("RGB")) for image in images]).to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self(batch)
+        finally:
+            self.train(was_training)
+        out = []
+        for image, row in zip(images, logits):
+            mask = F.interpolate(row[None].float(), size=(image.height, image.width), mode="bilinear",
+                                 align_corners=False).argmax(dim=1)[0]
+            counts = torch.bincount(mask.flatten(), minlength=len(self.class_names)).float() / mask.numel()
+            out.append({"mask": mask.to(torch.uint8).cpu().numpy(),
+                        "class_share": {name: round(float(c), 6) for name, c in zip(self.class_names, counts) if c > 0}})
+        return out
+
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
         """Class maps ``(B, H, W)`` for normalised images ``(B, 3, H, W)``, in eval mode."""
