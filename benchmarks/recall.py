@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passkey-steps", type=int, default=300)
     p.add_argument("--examples", type=int, default=256, help="held-out examples per score (fewer at long lengths)")
     p.add_argument("--resnet-bk", default="{}", help="ResNetBKConfig fields as JSON, e.g. '{\"key_dim\": 4}'")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust when the machine is shared)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="toy sizes: the whole path in a few minutes")
     p.add_argument("--reuse", action="store_true", help="keep the finished runs of an earlier call with these settings")
