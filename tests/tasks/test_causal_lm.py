@@ -216,10 +216,8 @@ def test_fsdp_strategy_wraps_the_no_split_blocks(dm):
 DDP_SCRIPT = """
 import json, sys, torch
 from transformers import GPT2Config
-from checks import assert_context_dependent, assert_generates_like_reference, greedy_reference
 from hubtrain.data.text import TextDataModule
-from learning import assert_beats_baseline, ngram_loss
-from hubtrain.tasks.causal_lm import CausalLMTask, _warmup_cosine
+from hubtrain.tasks.causal_lm import CausalLMTask
 from hubtrain.training import AutoTrainer
 
 torch.set_num_threads(1)
