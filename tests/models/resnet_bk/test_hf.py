@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import hubtrain.models.resnet_bk  # noqa: F401  (registers with the Auto classes)
-from checks import GENERATION_TINY, assert_cached_generation_matches, context_lm
+from checks import BLOCK_HUBTRAIN, GENERATION_TINY, assert_cached_generation_matches, context_lm
 from hubtrain.compat import output_cache
 from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM, ResNetBKModel
 from hubtrain.models.resnet_bk.modeling_resnet_bk import ResNetBKCache
@@ -191,20 +191,7 @@ def test_save_pretrained_and_auto_classes_restore_identical_outputs(tmp_path):
     assert torch.equal(base(ids).last_hidden_state, model.model(ids).last_hidden_state)
 
 
-REMOTE_SCRIPT = """
-import importlib.abc, sys
-class BlockHubtrain(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "hubtrain" or name.startswith("hubtrain."):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-        return None
-sys.meta_path.insert(0, BlockHubtrain())
-try:
-    import hubtrain
-except ModuleNotFoundError:
-    pass
-else:
-    raise SystemExit("hubtrain is importable: the test would prove nothing")
+REMOTE_SCRIPT = BLOCK_HUBTRAIN + """
 import torch
 from transformers import AutoModel, AutoModelForCausalLM
 from safetensors.torch import save_file
