@@ -103,6 +103,24 @@ def matched_configs(vocab: int, context: int, size: dict) -> dict[str, Any]:
     return out
 
 
+def token_byte_lengths(tokenizer) -> torch.Tensor:
+    """The UTF-8 bytes each token id stands for: a byte-level BPE spells one byte as one character; specials are 0."""
+    lengths = torch.zeros(len(tokenizer), dtype=torch.long)
+    special = set(tokenizer.all_special_ids)
+    for token, i in tokenizer.get_vocab().items():
+        if i not in special:
+            lengths[i] = len(token)
+    return lengths
+
+
+def evaluated_bytes_per_token(val: torch.Tensor, context: int, lengths: torch.Tensor) -> float:
+    """UTF-8 bytes per predicted token of exactly what validation scores: ``val`` cut into blocks of ``context``
+    (``PackedBlocks``), every token of a block but its first predicted (``CausalLMTask.next_token_loss``)."""
+    n = val.numel() // context
+    predicted = val[: n * context].view(n, context)[:, 1:]
+    return lengths[predicted].sum().item() / predicted.numel()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # One run (in a subprocess)
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     streams = {s: data.tokenize(data.documents[s]) for s in ("train", "val")}
     save_file(streams, str(work / "streams.safetensors"))
     bpt = data.bytes_per_token["val"]
+    lengths = token_byte_lengths(data.tokenizer)
+    if lengths[streams["val"]].sum().item() != data.num_bytes["val"]:  # the tokens must spell the raw bytes exactly
+        raise ValueError(f"tokenizer {data.tokenizer.name_or_path} is not byte-level; bits/byte would be wrong")
     print(f"corpus: {data.num_tokens['train']:,} train / {data.num_tokens['val']:,} val tokens, "
           f"vocab {len(data.tokenizer)}, {bpt:.3f} bytes/token (val)")
     for need in args.contexts:
@@ -263,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     for ctx in args.contexts:
         configs = matched_configs(len(data.tokenizer), ctx, size)
         batch = max(1, args.batch_tokens // ctx)
+        val_tokens = max(args.val_tokens, ctx)
+        val_bpt = evaluated_bytes_per_token(streams["val"][: val_tokens + 1], ctx, lengths)
         steps = max(1, args.train_tokens // (batch * ctx))
         print(f"\ncontext {ctx}: batch {batch} x {ctx} tokens, {steps} steps; non-embedding parameters: "
               + ", ".join(f"{k} {configs[k][1]:,}" for k in args.models))
@@ -272,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 "model": kind, "config": config.to_dict(), "context": ctx, "batch_size": batch, "steps": steps,
                 "evals": args.evals, "lr": args.lr, "warmup": 0.05, "seed": args.seed,
                 "streams": str(work / "streams.safetensors"), "tokenizer": data.tokenizer.name_or_path,
-                "val_tokens": max(args.val_tokens, ctx), "val_bytes_per_token": bpt,
+                "val_tokens": val_tokens, "val_bytes_per_token": val_bpt,
             }
             spec_path, result_path = work / f"{kind}-{ctx}.json", work / f"{kind}-{ctx}.result.json"
             t = time.time()
@@ -316,7 +339,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
         f"Command: `{command}`  ",
         f"Data: {args.data or 'Python standard library sources (built-in corpus)'}; byte-level BPE, vocabulary "
         f"{len(data.tokenizer)}; {data.num_tokens['train']:,} training tokens available, validation on "
-        f"{min(args.val_tokens, data.num_tokens['val']):,}-token prefix of held-out files.  ",
+        f"{min(args.val_tokens, data.num_tokens['val']):,}-token prefix of held-out files; bits/byte = total validation "
+        "loss in bits / UTF-8 bytes of the validation text predicted.  ",
         f"Each run: {results[0]['train_tokens']:,} training tokens, AdamW lr {args.lr} (warmup 5%, cosine to 10%), "
         f"clip 1.0, {args.batch_tokens} tokens per step, {args.threads} CPU thread(s) per run "
         f"({os.cpu_count()} cores on this machine), torch {torch.__version__}. Tokens/s is wall-clock training time "
