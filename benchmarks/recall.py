@@ -20,6 +20,7 @@ Writes ``benchmarks/results/recall.{md,json}`` and ``recall_mqar.png``, ``recall
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -95,16 +96,64 @@ class Store:
         os.replace(tmp, self.path)
 
 
-def run(store: Store, key: str, fn) -> Any:
-    cached = store.get(key)
-    if cached is not None:
-        return cached
+def run_all(store: Store, specs: dict[str, dict[str, Any]], jobs: int) -> None:
+    """Run every spec not already in the store, ``jobs`` worker processes at a time (each with its own torch
+    threads), saving each result as it finishes."""
+    todo = {key: spec for key, spec in specs.items() if store.get(key) is None}
+    if not todo:
+        return
+    t_start = time.perf_counter()
+
+    def done(i: int, key: str, result: dict[str, Any]) -> None:
+        store.put(key, result)
+        brief = {k: v for k, v in result.items() if not isinstance(v, (dict, list))}
+        elapsed = time.perf_counter() - t_start
+        print(f"  [{i}/{len(todo)}, {elapsed / 60:.1f} min] {key}: {json.dumps(brief)}", flush=True)
+
+    if jobs <= 1:
+        for i, (key, spec) in enumerate(todo.items(), 1):
+            done(i, key, work(spec))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(work, spec): key for key, spec in todo.items()}
+        for i, future in enumerate(as_completed(futures), 1):
+            done(i, futures[future], future.result())
+
+
+def work(spec: dict[str, Any]) -> dict[str, Any]:
+    """One run, from a plain description (so that it can go to another process)."""
+    import torch
+
+    from hubtrain.evaluation.recall import TASKS
+
+    torch.set_num_threads(spec["threads"])
     t0 = time.perf_counter()
-    result = fn()
+    config = configs(spec["model"], vocab=spec["vocab"], d=spec["d"], layers=spec["layers"], max_len=spec["max_len"],
+                     resnet_bk=spec["resnet_bk"])
+    task = TASKS[spec["task"]](**spec["task_args"])
+    if spec["task"] == "passkey":
+        result = passkey_runs(config, task, spec)
+    else:
+        result = train_and_score(config, task, spec["train_len"], spec["test_lens"], steps=spec["steps"],
+                                 batch=spec["batch"], lr=spec["lr"], seed=spec["seed"], examples=spec["examples"],
+                                 name=spec["model"])
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    store.put(key, result)
-    print(f"  {key}: {json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))})}", flush=True)
     return result
+
+
+def passkey_runs(config: Any, task: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """One model trained at random depths, scored at every depth and length."""
+    from hubtrain.evaluation.recall import Passkey, evaluate, train
+
+    lm = train(config, task, spec["train_len"], steps=spec["steps"], batch_size=spec["batch"], lr=spec["lr"],
+               seed=spec["seed"])
+    limit = getattr(lm.model.config, "n_positions", None)
+    return {"by_depth": {str(depth): {str(n): (None if limit and n > limit else evaluate(
+        lm.model, Passkey(depth=depth), n, examples=spec["examples"], batch_size=4,
+        seed=spec["seed"] + 20_000)["exact"]) for n in spec["test_lens"]} for depth in spec["depths"]}}
 
 
 def train_and_score(config: Any, task: Any, train_len: int, test_lens: list[int], *, steps: int, batch: int, lr: float,
@@ -277,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passkey-steps", type=int, default=300)
     p.add_argument("--examples", type=int, default=256, help="held-out examples per score (fewer at long lengths)")
     p.add_argument("--resnet-bk", default="{}", help="ResNetBKConfig fields as JSON, e.g. '{\"key_dim\": 4}'")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust when the machine is shared)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: robust when the machine is shared)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="runs in parallel, each in its own process (default: one per CPU core)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="toy sizes: the whole path in a few minutes")
     p.add_argument("--reuse", action="store_true", help="keep the finished runs of an earlier call with these settings")
@@ -290,11 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         args.passkey_train_len, args.passkey_lens, args.depths, args.passkey_steps = 128, [128, 512], [0.0, 0.5, 1.0], 40
         args.examples = 64
 
-    import torch
-
     from hubtrain.evaluation.recall import MQAR, InductionHeads, Passkey, SelectiveCopying
 
-    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     store = Store(args.out / "recall.json", args.reuse)
     resnet_bk = json.loads(args.resnet_bk)
@@ -304,22 +352,25 @@ def main(argv: list[str] | None = None) -> int:
     store.data["settings"] = settings
     print(f"recall benchmark: models {args.models}, widths {args.widths}; results in {args.out}", flush=True)
 
-    def cfg(m: str, d: int, max_len: int) -> Any:
-        return configs(m, vocab=args.vocab, d=d, layers=args.layers, max_len=max_len, resnet_bk=resnet_bk)
+    def spec(m: str, d: int, max_len: int, task: Any, **kw: Any) -> dict[str, Any]:
+        task_args = {f.name: getattr(task, f.name) for f in dataclasses.fields(task) if f.init}
+        return dict(model=m, vocab=args.vocab, d=d, layers=args.layers, max_len=max_len, resnet_bk=resnet_bk,
+                    task=task.name, task_args=task_args, batch=args.batch, seed=args.seed, examples=args.examples,
+                    threads=args.threads, **kw)
 
     # 1. each model's learning rate: a sweep on one MQAR point
     sweep_task = MQAR(vocab=args.vocab, num_pairs=args.pairs[0])
+    print(f"1/4 learning-rate sweep ({len(args.models) * len(args.lrs)} runs)", flush=True)
+    run_all(store, {f"sweep/{m}/{lr:g}": spec(m, args.widths[0], args.sweep_len, sweep_task, train_len=args.sweep_len,
+                                              test_lens=[args.sweep_len], steps=args.steps, lr=lr)
+                    for m in args.models for lr in args.lrs}, args.jobs)
     chosen = {}
     for m in args.models:
-        scores = {}
-        for lr in args.lrs:
-            r = run(store, f"sweep/{m}/{lr:g}", lambda: train_and_score(
-                cfg(m, args.widths[0], args.sweep_len), sweep_task, args.sweep_len, [args.sweep_len], steps=args.steps,
-                batch=args.batch, lr=lr, seed=args.seed, examples=args.examples, name=m))
-            scores[lr] = r["scores"][str(args.sweep_len)]
+        scores = {lr: store.get(f"sweep/{m}/{lr:g}")["scores"][str(args.sweep_len)] for lr in args.lrs}
         chosen[m] = max(scores, key=lambda lr: (scores[lr], -abs(math.log(lr / 3e-3))))
     store.data["lr"] = chosen
     # 2. MQAR grid
+    grid = {}
     for d in args.widths:
         for n in args.seq_lens:
             for pairs in args.pairs:
@@ -327,28 +378,24 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 task = MQAR(vocab=args.vocab, num_pairs=pairs)
                 for m in args.models:
-                    run(store, f"mqar/{m}/d{d}/n{n}/p{pairs}", lambda: train_and_score(
-                        cfg(m, d, n), task, n, [n], steps=args.steps, batch=args.batch, lr=chosen[m], seed=args.seed,
-                        examples=args.examples, name=m))
-    # 3. extrapolation: trained at one length, tested far beyond it
+                    grid[f"mqar/{m}/d{d}/n{n}/p{pairs}"] = spec(m, d, n, task, train_len=n, test_lens=[n],
+                                                                steps=args.steps, lr=chosen[m])
+    print(f"2/4 MQAR grid ({len(grid)} runs)", flush=True)
+    run_all(store, grid, args.jobs)
+    # 3. extrapolation: trained at one length, tested far beyond it; 4. passkey
     d = args.widths[0]
-    for task in (SelectiveCopying(), InductionHeads()):
-        for m in args.models:
-            run(store, f"{task.name}/{m}", lambda: train_and_score(
-                cfg(m, d, args.extrap_train_len), task, args.extrap_train_len, args.extrap_lens, steps=args.extrap_steps,
-                batch=args.batch, lr=chosen[m], seed=args.seed, examples=args.examples, name=m))
-    # 4. passkey: one model per architecture trained at random depths, scored at each depth and length
+    rest = {f"{task.name}/{m}": spec(m, d, args.extrap_train_len, task, train_len=args.extrap_train_len,
+                                     test_lens=args.extrap_lens, steps=args.extrap_steps, lr=chosen[m])
+            for task in (SelectiveCopying(), InductionHeads()) for m in args.models}
     for m in args.models:
-        def passkey_runs() -> dict[str, Any]:
-            from hubtrain.evaluation.recall import evaluate, train
-
-            lm = train(cfg(m, d, args.passkey_train_len), Passkey(), args.passkey_train_len, steps=args.passkey_steps,
-                       batch_size=max(4, args.batch // 4), lr=chosen[m], seed=args.seed)
-            limit = getattr(lm.model.config, "n_positions", None)
-            return {"by_depth": {str(depth): {str(n): (None if limit and n > limit else evaluate(
-                lm.model, Passkey(depth=depth), n, examples=max(8, args.examples // 8), batch_size=4,
-                seed=args.seed + 20_000)["exact"]) for n in args.passkey_lens} for depth in args.depths}}
-        r = run(store, f"passkey/{m}", passkey_runs)
+        rest[f"passkey/{m}"] = spec(m, d, args.passkey_train_len, Passkey(), train_len=args.passkey_train_len,
+                                    test_lens=args.passkey_lens, depths=args.depths, steps=args.passkey_steps,
+                                    lr=chosen[m]) | {"batch": max(4, args.batch // 4),
+                                                     "examples": max(8, args.examples // 8)}
+    print(f"3-4/4 extrapolation and passkey ({len(rest)} runs)", flush=True)
+    run_all(store, rest, args.jobs)
+    for m in args.models:
+        r = store.get(f"passkey/{m}")
         for depth in args.depths:
             store.data["runs"][f"passkey/{m}/depth{depth}"] = {"scores": r["by_depth"][str(depth)]}
     store.put("done", {"at": time.strftime("%Y-%m-%d %H:%M")})

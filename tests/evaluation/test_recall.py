@@ -76,3 +76,15 @@ def test_the_suite_trains_through_causal_lm_task_and_scores_held_out_examples(on
     assert set(result) >= {"accuracy", "exact", "chance", "seq_len"} and 0 <= result["accuracy"] <= 1
     assert result["chance"] == pytest.approx(1 / 16) and result["scored"] == 32
     assert state_bytes_per_layer(lm.model) == 4 * 2 * (2 + 2 * 8)  # g and y of 2 channels, float32
+
+
+def test_state_size_is_none_for_attention_and_conv_plus_ssm_for_mamba(one_thread):
+    """GPT-2's cache grows with the context (None, not a number); Mamba's is its conv and SSM state per layer."""
+    from transformers import GPT2Config, GPT2LMHeadModel, MambaConfig, MambaForCausalLM
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=16, n_embd=16, n_layer=1, n_head=2, n_positions=32)).eval()
+    assert state_bytes_per_layer(gpt2) is None
+    cfg = MambaConfig(vocab_size=16, hidden_size=16, num_hidden_layers=2, state_size=4, expand=2, conv_kernel=4,
+                      use_mambapy=True)
+    mamba = MambaForCausalLM(cfg).eval()
+    assert state_bytes_per_layer(mamba) == 4 * (32 * 4 + 32 * 4)  # d_inner x conv_kernel + d_inner x state_size

@@ -304,7 +304,10 @@ def state_bytes_per_layer(model: Any, batch: int = 1) -> int | None:
         total = sum(t.numel() * t.element_size() for k, t in cache.to_tensors().items() if k.startswith("layer."))
         return total // max(1, len(layers)) // batch
     if hasattr(cache, "get_recurrent_state"):  # transformers' linear-attention caches (Mamba): conv + SSM state
-        tensors = [cache.get_conv_state(0), cache.get_recurrent_state(0)]
+        try:
+            tensors = [cache.get_conv_state(0), cache.get_recurrent_state(0)]
+        except ValueError:  # the same cache class holding attention layers (GPT-2): keys and values grow
+            return None
         return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, Tensor)) // batch
     return None
 

@@ -32,7 +32,7 @@ TINY = GENERATION_TINY
 ALL_OPTIONS = dict(
     use_birman_schwinger=True, schatten_threshold=3.0, use_mourre=True, use_prime_bump=True, prime_bump_scale=0.5,
     use_semiseparable=True, low_rank=4, use_act=True, act_halt_threshold=0.5, use_scattering_router=True,
-    num_experts=3, top_k=2, key_dim=2,
+    num_experts=3, top_k=2, key_dim=2, feature_norm="ward",
 )
 # every option the one-token decoding step covers (adaptive computation time takes the general path)
 STEP_OPTIONS = {k: v for k, v in ALL_OPTIONS.items() if not k.startswith("act") and k != "use_act"}

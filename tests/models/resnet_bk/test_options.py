@@ -191,6 +191,40 @@ def test_keyed_resolvent_reads_out_q_of_the_green_function_applied_to_key_value_
     assert torch.isfinite(fb).all()
 
 
+def test_ward_feature_norm_scales_y_by_the_energy_of_the_past_and_stays_below_the_value_norm():
+    """feature_norm="ward": the features are sqrt(eta / Im g_i) * y_i with y and g from dense inverses, and
+    |sqrt(eta / Im g_i) y_i| <= ||v_{1..i}|| (Ward identity + Cauchy-Schwarz) for huge inputs, nothing clamped."""
+    model = tiny_model(feature_norm="ward")
+    ids = torch.randint(0, 64, (1, 12))
+    mixer, x, feats = capture_mixer(model, ids)
+    P = mixer.channel_dim
+    with torch.no_grad():
+        a, hop, v, E, eta = mixer_inputs(mixer, x)
+        for ch in range(mixer.num_channels):
+            rows = dense_causal_rows(a[:, ch], hop[:, ch], float(E[ch]), float(eta[ch]))
+            for i, row in enumerate(rows):
+                y = (row[:, None] * v[: i + 1, ch].to(torch.complex128)).sum(0)
+                expected = y * math.sqrt(float(eta[ch]) / row[i].imag)
+                got = torch.complex(feats[0, i, ch, :P], feats[0, i, ch, P : 2 * P])
+                assert torch.allclose(got, expected, atol=1e-10), (ch, i)
+    # against the "eta" scaling of the same parameters, a long-memory channel's features are not shrunk by eta
+    eta_model = tiny_model(feature_norm="eta")
+    _, _, eta_feats = capture_mixer(eta_model, ids)
+    assert feats[..., 0, : 2 * P].abs().mean() > 3 * eta_feats[..., 0, : 2 * P].abs().mean()
+    big = tiny_model(feature_norm="ward")
+    with torch.no_grad():
+        big.model.embed_tokens.weight.mul_(100)
+    ids = torch.randint(0, 64, (2, 300))
+    mixer, xb, fb = capture_mixer(big, ids)
+    with torch.no_grad():
+        H = mixer.num_channels
+        v = mixer.in_proj(xb).split([H, H, H * P, xb.shape[-1]], -1)[2].view(2, 300, H, P)
+    v_norm = torch.sqrt(torch.cumsum((v**2).sum(-1), dim=1))
+    y_abs = torch.sqrt(fb[..., :P] ** 2 + fb[..., P : 2 * P] ** 2).norm(dim=-1)
+    assert torch.isfinite(fb).all() and (y_abs <= v_norm * (1 + 1e-9)).all()
+    assert (y_abs / v_norm).max() > 0.1  # the bound is approached, not vacuous
+
+
 def test_keyed_resolvent_contributes_what_the_plain_values_cannot():
     """The same model with and without keys differs only through the keyed state: zeroing keys' contribution (all
     queries orthogonal to all keys) removes the value read-out entirely."""

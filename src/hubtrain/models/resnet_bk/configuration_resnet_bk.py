@@ -31,6 +31,10 @@ class ResNetBKConfig(PretrainedConfig):
             result out with a query, out_i = q_i^T sum_j G^(i)[i, j] k_j v_j^T: a keyed, associative memory whose
             decay is the Green's function. Keys and queries are unit vectors, so the Ward identity still bounds
             the read-out by the value norm.
+        feature_norm: how the scanned values y are scaled before the output projection, both bounded by the value
+            norm without clamps: "eta" multiplies by eta (|eta y_i| <= ||u_{1..i}||); "ward" multiplies by
+            sqrt(eta / Im g_i), which normalises the weights of the past to unit energy
+            (sum_j |G[i, j]|^2 = Im g_i / eta), so long-memory channels are not scaled down by their small eta.
         ffn_dim: hidden width of each expert (default 2 * d_model).
         epsilon: lower bound on eta (limiting absorption): eta = epsilon + softplus(rho), so Im z >= epsilon > 0.
         use_lap: if True (default) eta = epsilon + softplus(rho); if False eta = exp(log_eta) is learned freely.
@@ -75,6 +79,7 @@ class ResNetBKConfig(PretrainedConfig):
     num_channels: int = 8
     channel_dim: int = 16
     key_dim: int = 0
+    feature_norm: str = "eta"
     ffn_dim: int | None = None
     use_birman_schwinger: bool = False
     epsilon: float = 0.05
@@ -115,6 +120,8 @@ class ResNetBKConfig(PretrainedConfig):
                 raise ValueError(f"ResNetBKConfig: {name}={value!r} must be a positive integer")
         if isinstance(self.key_dim, bool) or not isinstance(self.key_dim, int) or self.key_dim < 0:
             raise ValueError(f"ResNetBKConfig: key_dim={self.key_dim!r} must be an integer >= 0 (0 turns keys off)")
+        if self.feature_norm not in ("eta", "ward"):
+            raise ValueError(f"ResNetBKConfig: feature_norm={self.feature_norm!r} must be 'eta' or 'ward'")
         if self.ffn_dim is None:
             self.ffn_dim = 2 * self.d_model
         elif isinstance(self.ffn_dim, bool) or not isinstance(self.ffn_dim, int) or self.ffn_dim < 1:

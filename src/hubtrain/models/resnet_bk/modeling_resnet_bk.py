@@ -310,8 +310,7 @@ class ResNetBKGreenMixer(nn.Module):
                     new_state["bs_max"], new_state["bs_sum"] = run_max[:, -1], run_sum[:, -1]
 
         y_re, y_im = self.read_out(y_re, q), self.read_out(y_im, q)
-        # the Ward identity bounds eta * |y| by the value norm and eta * |g| by 1
-        e = eta.unsqueeze(-1)
+        e = self.value_scale(eta, g_im).unsqueeze(-1)
         feats = torch.cat([y_re * e, y_im * e, (g_re * eta).unsqueeze(-1), (g_im * eta).unsqueeze(-1)], dim=-1)
         out = self.out_proj(feats.reshape(B, N, H * (2 * P + 2)))
         if c.use_semiseparable:
@@ -326,12 +325,26 @@ class ResNetBKGreenMixer(nn.Module):
         phase = torch.atan2(g_im, g_re).mean(-1)  # mean scattering phase over channels, in (0, pi)
         return out, phase, new_state
 
+    def value_scale(self, eta: Tensor, g_im: Tensor) -> Tensor:
+        """The factor on y before the output projection, (..., H); both bound the feature by the value norm.
+
+        "eta": eta * |y_i| <= ||u_{1..i}|| (Ward identity with Im g <= 1/eta).  "ward": sqrt(eta / Im g_i) * |y_i|
+        <= ||u_{1..i}||, since sum_j |G[i, j]|^2 = Im g_i / eta (Ward identity and Cauchy-Schwarz): the weights
+        of the past are normalised to unit energy, so a channel with a long memory (small eta) is not scaled
+        down by its own eta.  Im g_i >= eta |g_i|^2 > 0, so the factor is finite.
+        """
+        if self.config.feature_norm == "ward":
+            return torch.sqrt(eta / g_im)
+        return eta.expand_as(g_im)
+
     def step_constants(self) -> dict[str, Tensor]:
         """What a decoding step needs that does not depend on the token: E, eta, and the output projection with
-        the features' eta scaling folded into its columns (out_proj(eta * f) = (W diag(eta)) f)."""
+        the features' eta scaling folded into its columns (out_proj(eta * f) = (W diag(eta)) f; under
+        feature_norm="ward" the value columns are left unscaled and the step scales y itself)."""
         energy, eta = self.energy_eta()
         P = self.channel_dim
-        scale = torch.cat([eta.unsqueeze(-1).expand(-1, 2 * P), eta.unsqueeze(-1), eta.unsqueeze(-1)], dim=-1)
+        y_scale = eta if self.config.feature_norm == "eta" else torch.ones_like(eta)
+        scale = torch.cat([y_scale.unsqueeze(-1).expand(-1, 2 * P), eta.unsqueeze(-1), eta.unsqueeze(-1)], dim=-1)
         return {"energy": energy, "eta": eta, "out_w": self.out_proj.weight * scale.reshape(1, -1)}
 
     def step(
@@ -367,6 +380,9 @@ class ResNetBKGreenMixer(nn.Module):
                 scale = torch.sqrt(thr2 / torch.maximum(bound2, bound2.new_tensor(thr2))).unsqueeze(-1)
                 y_re, y_im = y_re * scale, y_im * scale
         y_re, y_im = self.read_out(y_re, q), self.read_out(y_im, q)
+        if c.feature_norm == "ward":
+            e = self.value_scale(consts["eta"], g_im).unsqueeze(-1)
+            y_re, y_im = y_re * e, y_im * e
         feats = torch.cat([y_re, y_im, g_re.unsqueeze(-1), g_im.unsqueeze(-1)], dim=-1).view(B, H * (2 * P + 2))
         out = F.linear(feats, consts["out_w"], self.out_proj.bias)
         if c.use_semiseparable:
