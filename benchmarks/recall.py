@@ -11,7 +11,8 @@ count; the table lists them):
 Each model gets its own learning rate from a small sweep the script runs first (reported). GPT-2 past its
 ``n_positions`` is "n/a", never 0. Recurrent state per layer is read off one real decoding step.
 
-    python benchmarks/recall.py            # the full run (about an hour on 2 cores)
+    python benchmarks/recall.py            # about an hour on 2 cores: d_model 64, lengths 64/128, 4-16 pairs
+    python benchmarks/recall.py --full     # the whole grid of the issue (widths 64/128, lengths 64-512, 4-64 pairs)
     python benchmarks/recall.py --quick    # a few minutes: the whole path at toy sizes
 
 Writes ``benchmarks/results/recall.{md,json}`` and ``recall_mqar.png``, ``recall_extrapolation.png``,
@@ -30,8 +31,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-MODELS = ("resnet_bk", "gpt2", "mamba")
-LABELS = {"resnet_bk": "ResNet-BK", "gpt2": "GPT-2 (sdpa)", "mamba": "Mamba (mambapy)"}
+MODELS = ("resnet_bk", "resnet_bk_ss", "gpt2", "mamba")
+LABELS = {"resnet_bk": "ResNet-BK", "resnet_bk_ss": "ResNet-BK + semiseparable", "gpt2": "GPT-2 (sdpa)",
+          "mamba": "Mamba (mambapy)"}
+# ResNet-BK with its one option that measurably learns MQAR (docs/resnet_bk.md section 7): a causal rank-16
+# linear-attention term tril(Q K^T) V beside the Green's function
+SEMISEPARABLE = {"use_semiseparable": True, "low_rank": 16}
 
 
 # --------------------------------------------------------------------------------------------------------- models
@@ -56,10 +61,13 @@ def configs(name: str, *, vocab: int, d: int, layers: int, max_len: int, resnet_
 
     from hubtrain.models.resnet_bk import ResNetBKConfig
 
-    rbk = ResNetBKConfig(vocab_size=vocab, d_model=d, n_layers=layers, num_channels=max(1, d // 16), channel_dim=16,
-                         num_experts=2, ffn_dim=2 * d, n_seq=max_len, **resnet_bk)
+    shape = dict(vocab_size=vocab, d_model=d, n_layers=layers, num_channels=max(1, d // 16), channel_dim=16,
+                 num_experts=2, ffn_dim=2 * d, n_seq=max_len)
+    rbk = ResNetBKConfig(**{**shape, **resnet_bk})
     if name == "resnet_bk":
         return rbk
+    if name == "resnet_bk_ss":
+        return ResNetBKConfig(**{**shape, **resnet_bk, **SEMISEPARABLE})
     target = non_embedding(rbk)
     if name == "gpt2":
         base = dict(vocab_size=vocab, n_embd=d, n_layer=layers, n_head=max(1, d // 32), n_positions=max_len,
@@ -100,6 +108,9 @@ def run_all(store: Store, specs: dict[str, dict[str, Any]], jobs: int) -> None:
     """Run every spec not already in the store, ``jobs`` worker processes at a time (each with its own torch
     threads), saving each result as it finishes."""
     todo = {key: spec for key, spec in specs.items() if store.get(key) is None}
+    # longest first, so that the last runs to finish are short ones (Mamba's CPU scan costs ~6x the others)
+    cost = lambda spec: (6 if spec["model"] == "mamba" else 1) * spec["train_len"] * spec["steps"] * spec["batch"]
+    todo = dict(sorted(todo.items(), key=lambda kv: -cost(kv[1])))
     if not todo:
         return
     t_start = time.perf_counter()
@@ -309,21 +320,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--vocab", type=int, default=128, help="MQAR vocabulary (keys from the first half, values the second)")
-    p.add_argument("--widths", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--long-models", nargs="+", default=["resnet_bk", "resnet_bk_ss", "gpt2"], choices=MODELS,
+                   help="models of the extrapolation and passkey runs (Mamba's CPU scan makes them hours; --full adds it)")
+    p.add_argument("--widths", type=int, nargs="+", default=[64])
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--seq-lens", type=int, nargs="+", default=[64, 128, 256, 512])
-    p.add_argument("--pairs", type=int, nargs="+", default=[4, 8, 16, 32, 64])
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps per MQAR run")
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--pairs", type=int, nargs="+", default=[4, 8, 16])
+    p.add_argument("--steps", type=int, default=150, help="optimizer steps per MQAR run")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2], help="the per-model learning-rate sweep")
-    p.add_argument("--sweep-len", type=int, default=128)
+    p.add_argument("--lrs", type=float, nargs="+", default=[3e-3, 1e-2], help="the per-model learning-rate sweep")
+    p.add_argument("--sweep-len", type=int, default=64)
     p.add_argument("--extrap-train-len", type=int, default=256)
     p.add_argument("--extrap-lens", type=int, nargs="+", default=[256, 1024, 4096, 16384, 65536])
-    p.add_argument("--extrap-steps", type=int, default=600)
+    p.add_argument("--extrap-steps", type=int, default=200)
     p.add_argument("--passkey-train-len", type=int, default=1024)
     p.add_argument("--passkey-lens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768])
     p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    p.add_argument("--passkey-steps", type=int, default=300)
+    p.add_argument("--passkey-steps", type=int, default=200)
     p.add_argument("--examples", type=int, default=256, help="held-out examples per score (fewer at long lengths)")
     p.add_argument("--resnet-bk", default="{}", help="ResNetBKConfig fields as JSON, e.g. '{\"key_dim\": 4}'")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: robust when the machine is shared)")
@@ -331,9 +344,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs in parallel, each in its own process (default: one per CPU core)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="toy sizes: the whole path in a few minutes")
+    p.add_argument("--full", action="store_true",
+                   help="the issue's whole grid (widths 64 and 128, lengths 64-512, 4-64 pairs, Mamba everywhere, "
+                        "longer training): many hours on a 2-core CPU, for a machine with more cores (--jobs)")
     p.add_argument("--reuse", action="store_true", help="keep the finished runs of an earlier call with these settings")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    if args.full:
+        args.widths, args.seq_lens, args.pairs, args.steps = [64, 128], [64, 128, 256, 512], [4, 8, 16, 32, 64], 300
+        args.lrs, args.sweep_len, args.extrap_steps, args.passkey_steps = [1e-3, 3e-3, 1e-2], 128, 600, 300
+        args.long_models = list(MODELS)
     if args.quick:
         args.widths, args.seq_lens, args.pairs, args.steps = [32], [32, 64], [4, 8], 40
         args.lrs, args.sweep_len = [3e-3, 1e-2], 32
@@ -386,15 +406,15 @@ def main(argv: list[str] | None = None) -> int:
     d = args.widths[0]
     rest = {f"{task.name}/{m}": spec(m, d, args.extrap_train_len, task, train_len=args.extrap_train_len,
                                      test_lens=args.extrap_lens, steps=args.extrap_steps, lr=chosen[m])
-            for task in (SelectiveCopying(), InductionHeads()) for m in args.models}
-    for m in args.models:
+            for task in (SelectiveCopying(), InductionHeads()) for m in args.long_models}
+    for m in args.long_models:
         rest[f"passkey/{m}"] = spec(m, d, args.passkey_train_len, Passkey(), train_len=args.passkey_train_len,
                                     test_lens=args.passkey_lens, depths=args.depths, steps=args.passkey_steps,
                                     lr=chosen[m]) | {"batch": max(4, args.batch // 4),
                                                      "examples": max(8, args.examples // 8)}
     print(f"3-4/4 extrapolation and passkey ({len(rest)} runs)", flush=True)
     run_all(store, rest, args.jobs)
-    for m in args.models:
+    for m in args.long_models:
         r = store.get(f"passkey/{m}")
         for depth in args.depths:
             store.data["runs"][f"passkey/{m}/depth{depth}"] = {"scores": r["by_depth"][str(depth)]}
