@@ -11,7 +11,7 @@ count; the table lists them):
 Each model gets its own learning rate from a small sweep the script runs first (reported). GPT-2 past its
 ``n_positions`` is "n/a", never 0. Recurrent state per layer is read off one real decoding step.
 
-    python benchmarks/recall.py            # about an hour on 2 cores: d_model 64, lengths 64/128, 4-16 pairs
+    python benchmarks/recall.py            # about an hour on 2 cores: d_model 64, lengths 32/64, 4-16 pairs
     python benchmarks/recall.py --full     # the whole grid of the issue (widths 64/128, lengths 64-512, 4-64 pairs)
     python benchmarks/recall.py --quick    # a few minutes: the whole path at toy sizes
 
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="models of the extrapolation and passkey runs (Mamba's CPU scan makes them hours; --full adds it)")
     p.add_argument("--widths", type=int, nargs="+", default=[64])
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--seq-lens", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[32, 64])
     p.add_argument("--pairs", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--steps", type=int, default=150, help="optimizer steps per MQAR run")
     p.add_argument("--batch", type=int, default=32)
