@@ -9,6 +9,12 @@ here by the flags below, so every figure in the table can be made again::
     python benchmarks/recall_probe.py '{"key_dim": 8, "feature_norm": "ward", "epsilon": 0.001}' --eta-low 0.0012
     python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16}'
     python benchmarks/recall_probe.py '{"key_dim": 8}' --conv 4             # a short causal convolution first
+    python benchmarks/recall_probe.py '{"key_dim": 8}' --strip-phase        # |G[i, j]| instead of G[i, j]
+    python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "epsilon": 0.001}' \
+        --eta-low 0.0012 --decay-semiseparable 0 --seed 1                   # q.k weighted by channel 0's transmission
+
+The transmission flags (--strip-phase, --decay-semiseparable, --smooth-transmission) rebuild the scan's output
+from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine at length 64, for probing only.
 """
 from __future__ import annotations
 
@@ -33,6 +39,32 @@ class ConvThenLinear(nn.Module):
         return self.linear(F.silu(self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)))
 
 
+def report_transmission(modeling, config, task) -> None:
+    """|G[i, 0]| per layer, channel and distance i, over 16 MQAR rows, with the potential and hopping the untrained
+    model computes from them: how much of a value the scan still carries, and how much that depends on the content."""
+    from hubtrain.models.resnet_bk import ResNetBKForCausalLM
+
+    torch.manual_seed(0)
+    model = ResNetBKForCausalLM(config).eval()
+    scan, calls = modeling.green_scan, []
+
+    def spy(a, hop, z_re, z_im, u, *rest, **kwargs):
+        calls.append((a, hop, z_re, z_im))
+        return scan(a, hop, z_re, z_im, u, *rest, **kwargs)
+    modeling.green_scan = spy
+    with torch.no_grad():
+        model(input_ids=task.sample(16, 64, 0)[0])
+        for layer, (a, hop, z_re, z_im) in enumerate(calls):
+            impulse = torch.zeros(*a.shape, 1)
+            impulse[:, 0] = 1.0
+            _, _, y_re, y_im = scan(a, hop, z_re, z_im, impulse)
+            weight = torch.sqrt(y_re**2 + y_im**2)[..., 0]  # (rows, i, channel)
+            for h, eta in enumerate(z_im.tolist()):
+                cells = [f"{d}: {weight[:, d, h].min():.3g} / {weight[:, d, h].median():.3g} / {weight[:, d, h].max():.3g}"
+                         for d in (1, 8, 32, 63)]
+                print(f"layer {layer} channel {h} (eta {eta:.3g}) |G[i, 0]| min / median / max at i = " + ", ".join(cells))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("options", help="ResNetBKConfig fields as JSON")
@@ -40,8 +72,22 @@ def main() -> None:
     p.add_argument("--raw-keys", choices=["both", "queries"], help="do not normalise keys and queries (or only queries)")
     p.add_argument("--eta-low", type=float, help="initialise eta log-spaced from this value to 1 (default ~0.06)")
     p.add_argument("--energy", type=float, nargs=2, help="initialise E spread over this range (default -1 1)")
+    p.add_argument("--strip-phase", action="store_true",
+                   help="apply |G[i, j]| exp(i arg g_j) instead of G[i, j] to the values: the resolvent's decay without "
+                        "the phase it gathers on the way from j to i")
+    p.add_argument("--decay-semiseparable", type=int, metavar="CHANNEL",
+                   help="weight the semiseparable term's scores q_i.k_j by the transmission prod_{j<l<=i} |t_{l-1} g_l| "
+                        "of this Green's-function channel of the same layer (implies --strip-phase)")
+    p.add_argument("--smooth-transmission", action="store_true",
+                   help="replace each factor |t_{l-1} g_l| of the transmission by its mean over the sequence: the same "
+                        "average decay without the token-to-token fluctuation; the mean looks ahead, so this is a diagnostic, "
+                        "not a causal model (implies --strip-phase)")
+    p.add_argument("--report-transmission", action="store_true",
+                   help="print |G[i, 0]| of every layer's channels at initialisation on 16 MQAR rows (the weight a value "
+                        "at the first position has at position i: min, median and max over the rows), then exit")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the training examples")
     args = p.parse_args()
     torch.set_num_threads(1)
     import hubtrain.models.resnet_bk.modeling_resnet_bk as modeling
@@ -71,14 +117,48 @@ def main() -> None:
             eta0 = torch.logspace(math.log10(args.eta_low or max(0.06, 1.2 * c.epsilon)), 0.0, H)
             return energy, torch.log(torch.expm1(eta0 - c.epsilon))
         Mixer.initial_channel_parameters = initial_channel_parameters
+    args.strip_phase = args.strip_phase or args.decay_semiseparable is not None or args.smooth_transmission
+    transmission = {}
+    if args.strip_phase:
+        scan = modeling.green_scan
+
+        def stripped_scan(a, hop, z_re, z_im, u, u_im=None, chunk_size=None):
+            g_re, g_im, _, _ = scan(a, hop, z_re, z_im, u, u_im, chunk_size)
+            t = F.pad(hop[:, :-1], (0, 0, 1, 0))  # coupling into each position
+            start = t == 0  # no coupling into a position: nothing before it reaches it (masked in the kernel)
+            log_a = torch.log(torch.where(start, 1.0, t * torch.sqrt(g_re**2 + g_im**2)))
+            if args.smooth_transmission:
+                inside = (~start).to(log_a.dtype)
+                mean = (log_a * inside).sum(1, keepdim=True) / inside.sum(1, keepdim=True).clamp_min(1.0)
+                log_a = mean.expand_as(log_a)
+            log_a = log_a.masked_fill(start, -1e4)
+            s = torch.cumsum(log_a, 1).transpose(1, 2)  # (B, H, N)
+            n = a.shape[1]
+            causal = torch.ones(n, n, dtype=torch.bool, device=a.device).tril()
+            kernel = torch.exp((s.unsqueeze(-1) - s.unsqueeze(-2)).masked_fill(~causal, -math.inf))  # (B, H, i, j)
+            transmission["kernel"] = kernel
+            ut = u.permute(0, 2, 1, 3)
+            y_re = (kernel @ (g_re.transpose(1, 2).unsqueeze(-1) * ut)).permute(0, 2, 1, 3)
+            y_im = (kernel @ (g_im.transpose(1, 2).unsqueeze(-1) * ut)).permute(0, 2, 1, 3)
+            return g_re, g_im, y_re, y_im
+        modeling.green_scan = stripped_scan
+    if args.decay_semiseparable is not None:
+        def decayed_semiseparable(q, k, v, state=None, chunk_size=64):
+            scores = (q @ k.transpose(-1, -2)) * transmission["kernel"][:, args.decay_semiseparable]
+            return scores @ v, torch.zeros(q.shape[0], q.shape[-1], v.shape[-1])  # (kernel is causal)
+        modeling.semiseparable_scan = decayed_semiseparable
     task = MQAR(vocab=128, num_pairs=4)
     config = ResNetBKConfig(vocab_size=128, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,
                             ffn_dim=128, **json.loads(args.options))
+    if args.report_transmission:
+        report_transmission(modeling, config, task)
+        return
     t0 = time.time()
-    lm = train(config, task, 64, steps=args.steps, batch_size=64, lr=args.lr)
+    lm = train(config, task, 64, steps=args.steps, batch_size=64, lr=args.lr, seed=args.seed)
     result = evaluate(lm.model, task, 64, examples=256)
-    print(json.dumps({"options": json.loads(args.options), "conv": args.conv, "raw_keys": args.raw_keys,
-                      "eta_low": args.eta_low, "energy": args.energy, "accuracy": round(result["accuracy"], 3),
+    flags = {k: getattr(args, k) for k in ("conv", "raw_keys", "eta_low", "energy", "strip_phase",
+                                           "decay_semiseparable", "smooth_transmission", "seed")}
+    print(json.dumps({"options": json.loads(args.options), **flags, "accuracy": round(result["accuracy"], 3),
                       "chance": result["chance"], "non_embedding": lm.model.num_parameters(exclude_embeddings=True),
                       "seconds": round(time.time() - t0)}))
 
