@@ -1,4 +1,4 @@
-"""The MQAR probes behind docs/resnet_bk.md section 7: which change to ResNet-BK's mixer lets it learn recall?
+r"""The MQAR probes behind docs/resnet_bk.md section 7: which change to ResNet-BK's mixer lets it learn recall?
 
 One MQAR point (vocabulary 128, 4 key-value pairs, length 64, d_model 64, 2 layers, 600 steps of batch 64, lr 3e-3),
 trained and scored with ``hubtrain.evaluation.recall`` like the benchmark. Config options are passed as JSON; the
@@ -12,6 +12,7 @@ here by the flags below, so every figure in the table can be made again::
     python benchmarks/recall_probe.py '{"key_dim": 8}' --strip-phase        # |G[i, j]| instead of G[i, j]
     python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "epsilon": 0.001}' \
         --eta-low 0.0012 --decay-semiseparable 0 --seed 1                   # q.k weighted by channel 0's transmission
+    python benchmarks/recall_probe.py '{"key_dim": 8, "epsilon": 0.001}' --eta-low 0.0012 --report-transmission
 
 The transmission flags (--strip-phase, --decay-semiseparable, --smooth-transmission) rebuild the scan's output
 from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine at length 64, for probing only.
@@ -37,6 +38,19 @@ class ConvThenLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(F.silu(self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)))
+
+
+class CleanChain(nn.Module):
+    """The mixer's input projection with the potential (and the hopping) taken off the tokens: a_raw = 0, so a = 0
+    (and t_raw = 0, so t = 1/2), a chain without disorder."""
+
+    def __init__(self, linear: nn.Linear, num_channels: int, hopping: bool) -> None:
+        super().__init__()
+        self.linear, self.fixed = linear, num_channels * (2 if hopping else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x)
+        return torch.cat([torch.zeros_like(out[..., : self.fixed]), out[..., self.fixed:]], -1)
 
 
 def report_transmission(modeling, config, task) -> None:
@@ -85,6 +99,10 @@ def main() -> None:
     p.add_argument("--report-transmission", action="store_true",
                    help="print |G[i, 0]| of every layer's channels at initialisation on 16 MQAR rows (the weight a value "
                         "at the first position has at position i: min, median and max over the rows), then exit")
+    p.add_argument("--clean-chain", choices=["potential", "both"],
+                   help="take the potential (a = 0) or both potential and hopping (a = 0, t = 1/2) off the tokens")
+    p.add_argument("--unit-feature-scale", action="store_true",
+                   help="feed y to the output projection unscaled (no eta or ward factor; unbounded as eta -> 0)")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the training examples")
@@ -102,6 +120,15 @@ def main() -> None:
             init(self, config, layer_idx)
             self.in_proj = ConvThenLinear(self.in_proj, config.d_model, args.conv)
         Mixer.__init__ = with_conv
+    if args.clean_chain:
+        init_clean = Mixer.__init__
+
+        def clean(self, config, layer_idx):
+            init_clean(self, config, layer_idx)
+            self.in_proj = CleanChain(self.in_proj, self.num_channels, args.clean_chain == "both")
+        Mixer.__init__ = clean
+    if args.unit_feature_scale:
+        Mixer.value_scale = lambda self, eta, g_im: torch.ones_like(g_im)
     if args.raw_keys:
         def scanned_values(self, v, kq):
             H, P, K = self.num_channels, self.channel_dim, self.key_dim
@@ -157,7 +184,8 @@ def main() -> None:
     lm = train(config, task, 64, steps=args.steps, batch_size=64, lr=args.lr, seed=args.seed)
     result = evaluate(lm.model, task, 64, examples=256)
     flags = {k: getattr(args, k) for k in ("conv", "raw_keys", "eta_low", "energy", "strip_phase",
-                                           "decay_semiseparable", "smooth_transmission", "seed")}
+                                           "decay_semiseparable", "smooth_transmission", "clean_chain",
+                                           "unit_feature_scale", "seed")}
     print(json.dumps({"options": json.loads(args.options), **flags, "accuracy": round(result["accuracy"], 3),
                       "chance": result["chance"], "non_embedding": lm.model.num_parameters(exclude_embeddings=True),
                       "seconds": round(time.time() - t0)}))
