@@ -183,9 +183,7 @@ def main() -> None:
     t0 = time.time()
     lm = train(config, task, 64, steps=args.steps, batch_size=64, lr=args.lr, seed=args.seed)
     result = evaluate(lm.model, task, 64, examples=256)
-    flags = {k: getattr(args, k) for k in ("conv", "raw_keys", "eta_low", "energy", "strip_phase",
-                                           "decay_semiseparable", "smooth_transmission", "clean_chain",
-                                           "unit_feature_scale", "seed")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("options", "report_transmission", "steps", "lr")}
     print(json.dumps({"options": json.loads(args.options), **flags, "accuracy": round(result["accuracy"], 3),
                       "chance": result["chance"], "non_embedding": lm.model.num_parameters(exclude_embeddings=True),
                       "seconds": round(time.time() - t0)}))
