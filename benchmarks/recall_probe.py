@@ -2,8 +2,8 @@ r"""The MQAR probes behind docs/resnet_bk.md section 7: which change to ResNet-B
 
 One MQAR point (vocabulary 128, 4 key-value pairs, length 64, d_model 64, 2 layers, 600 steps of batch 64, lr 3e-3),
 trained and scored with ``hubtrain.evaluation.recall`` like the benchmark. Config options are passed as JSON; the
-changes that are not options (they were measured, did not help, and so were not added) are applied to the mixer
-here by the flags below, so every figure in the table can be made again::
+changes that are not options (measured and not added, or, for the band edge with a lead, not yet added) are applied
+to the mixer here by the flags below, so every figure in the table can be made again::
 
     python benchmarks/recall_probe.py '{}'                                   # the default mixer
     python benchmarks/recall_probe.py '{"key_dim": 8, "feature_norm": "ward", "epsilon": 0.001}' --eta-low 0.0012
@@ -13,6 +13,9 @@ here by the flags below, so every figure in the table can be made again::
     python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "epsilon": 0.001}' \
         --eta-low 0.0012 --decay-semiseparable 0 --seed 1                   # q.k weighted by channel 0's transmission
     python benchmarks/recall_probe.py '{"key_dim": 8, "epsilon": 0.001}' --eta-low 0.0012 --report-transmission
+    python benchmarks/recall_probe.py '{"key_dim": 8}' --selective-absorption  # eta per token, as Mamba's Delta
+    python benchmarks/recall_probe.py '{"key_dim": 8, "epsilon": 1e-7}' --eta-low 1e-6 --energy 1 1 \
+        --clean-chain both --lead 0.5 --raw-keys both --freeze-channels --unit-feature-scale  # band edge + lead: recalls
 
 The transmission flags (--strip-phase, --decay-semiseparable, --smooth-transmission) rebuild the scan's output
 from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine at length 64, for probing only.
@@ -51,6 +54,22 @@ class CleanChain(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.linear(x)
         return torch.cat([torch.zeros_like(out[..., : self.fixed]), out[..., self.fixed:]], -1)
+
+
+class ScaledHopping(nn.Module):
+    """The mixer's input projection with the hopping scaled into (0, s): t = s * sigmoid(W_t x), written back as the
+    logit the mixer's sigmoid turns into it. With s = 1/2 and E = 1 = 2 max t every token sits at or above the band's
+    top edge, where -t g > 0: the chain carries a value without a phase and the hopping gates how much it keeps."""
+
+    def __init__(self, linear: nn.Linear, num_channels: int, scale: float) -> None:
+        super().__init__()
+        self.linear, self.num_channels, self.scale = linear, num_channels, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x)
+        H = self.num_channels
+        t = self.scale * torch.sigmoid(out[..., H: 2 * H])
+        return torch.cat([out[..., :H], torch.log(t) - torch.log1p(-t), out[..., 2 * H:]], -1)
 
 
 def report_transmission(modeling, config, task) -> None:
@@ -101,12 +120,29 @@ def main() -> None:
                         "at the first position has at position i: min, median and max over the rows), then exit")
     p.add_argument("--clean-chain", choices=["potential", "both"],
                    help="take the potential (a = 0) or both potential and hopping (a = 0, t = 1/2) off the tokens")
+    p.add_argument("--hop-scale", type=float, help="hopping t = HOP_SCALE * sigmoid(W_t x) instead of sigmoid(W_t x)")
+    p.add_argument("--hop-bias", type=float, help="initialise the bias of W_t x to this value (default 0: t = scale / 2)")
     p.add_argument("--unit-feature-scale", action="store_true",
                    help="feed y to the output projection unscaled (no eta or ward factor; unbounded as eta -> 0)")
+    p.add_argument("--selective-absorption", action="store_true",
+                   help="absorption per token and channel, eta_ih = epsilon + softplus(rho_h + w_h.x_i) (Mamba's Delta in "
+                        "the resolvent's terms), values written with sqrt(eta_j) and y read out divided by sqrt(Im g_i): "
+                        "sum_j eta_j |G[i, j]|^2 = Im g_i (Ward identity with Z = E + i diag(eta)), so the read-out is "
+                        "bounded by the value norm and normalised by the length actually remembered; sequential scan")
+    p.add_argument("--lead", type=float, metavar="T",
+                   help="attach a clean semi-infinite chain (hopping T, no potential) to the left of position 1: "
+                        "the scan starts from its surface Green's function g* = (-z + sqrt(z^2 - 4 t^2)) / (2 t^2) "
+                        "(Im g* > 0) instead of from nothing, so the first positions are not a boundary; sequential scan")
+    p.add_argument("--freeze-channels", action="store_true",
+                   help="keep every channel's energy E and absorption eta at their initial values (not trained)")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the training examples")
     args = p.parse_args()
+    scans = [name for name in ("selective_absorption", "lead", "strip_phase", "decay_semiseparable", "smooth_transmission")
+             if getattr(args, name) not in (None, False)]
+    if ("selective_absorption" in scans or "lead" in scans) and len(scans) > 1:
+        p.error(f"--{' and --'.join(n.replace('_', '-') for n in scans)} each replace the scan: use one at a time")
     torch.set_num_threads(1)
     import hubtrain.models.resnet_bk.modeling_resnet_bk as modeling
     from hubtrain.evaluation.recall import MQAR, evaluate, train
@@ -127,6 +163,14 @@ def main() -> None:
             init_clean(self, config, layer_idx)
             self.in_proj = CleanChain(self.in_proj, self.num_channels, args.clean_chain == "both")
         Mixer.__init__ = clean
+    if args.hop_scale:
+        init_hop = Mixer.__init__
+
+        def scaled_hopping(self, config, layer_idx):
+            init_hop(self, config, layer_idx)
+            self.in_proj = ScaledHopping(self.in_proj, self.num_channels, args.hop_scale)
+        Mixer.__init__ = scaled_hopping
+        Mixer.__init__ = scaled_hopping
     if args.unit_feature_scale:
         Mixer.value_scale = lambda self, eta, g_im: torch.ones_like(g_im)
     if args.raw_keys:
@@ -144,6 +188,68 @@ def main() -> None:
             eta0 = torch.logspace(math.log10(args.eta_low or max(0.06, 1.2 * c.epsilon)), 0.0, H)
             return energy, torch.log(torch.expm1(eta0 - c.epsilon))
         Mixer.initial_channel_parameters = initial_channel_parameters
+    if args.selective_absorption:
+        init_sel = Mixer.__init__
+
+        def selective(self, config, layer_idx):
+            init_sel(self, config, layer_idx)
+            self.eta_proj = nn.Linear(config.d_model, self.num_channels)
+            nn.init.zeros_(self.eta_proj.bias)
+            self.register_forward_pre_hook(lambda module, inputs: setattr(module, "_tokens", inputs[0]))
+        Mixer.__init__ = selective
+        channel_eta = Mixer.energy_eta
+
+        def token_eta(self):
+            energy, _ = channel_eta(self)
+            c = self.config
+            return energy, c.epsilon + F.softplus(self.rho + self.eta_proj(self._tokens))  # (B, N, H)
+        Mixer.energy_eta = token_eta
+        Mixer.value_scale = lambda self, eta, g_im: torch.rsqrt(g_im)
+
+        def token_scan(a, hop, z_re, z_im, u, u_im=None, chunk_size=None):
+            u = u * torch.sqrt(z_im).unsqueeze(-1)
+            state, outs = None, []
+            for i in range(a.shape[1]):
+                hop_prev = hop[:, i - 1] if i > 0 else torch.zeros_like(a[:, 0])
+                state = modeling.green_scan_step(a[:, i], hop_prev, z_re, z_im[:, i], u[:, i], None, state)
+                outs.append(state)
+            return tuple(torch.stack([o[k] for o in outs], dim=1) for k in range(4))
+        modeling.green_scan = token_scan
+    if args.hop_bias is not None:  # the model's _init_weights calls this after initialising the mixer's children
+        channel_parameters = Mixer.initial_channel_parameters
+
+        def with_hop_bias(self):
+            linear = self.in_proj
+            while not isinstance(linear, nn.Linear):  # under the --conv / --clean-chain / --hop-scale wrappers
+                linear = linear.linear
+            with torch.no_grad():
+                linear.bias[self.num_channels: 2 * self.num_channels] = args.hop_bias
+            return channel_parameters(self)
+        Mixer.initial_channel_parameters = with_hop_bias
+    if args.lead:
+        def lead_scan(a, hop, z_re, z_im, u, u_im=None, chunk_size=None):
+            t_lead = args.lead
+            z = torch.complex(z_re, z_im.expand_as(z_re)).to(torch.complex128)
+            root = torch.sqrt(z * z - 4 * t_lead**2)
+            g = torch.stack([(-z + root), (-z - root)]) / (2 * t_lead**2)
+            g = torch.where(g[0].imag > 0, g[0], g[1]).to(torch.complex64)  # the retarded root: Im g* > 0
+            B, H, P = a.shape[0], a.shape[-1], u.shape[-1]
+            state = (g.real.expand(B, H), g.imag.expand(B, H), u.new_zeros(B, H, P), u.new_zeros(B, H, P))
+            outs = []
+            for i in range(a.shape[1]):
+                hop_prev = hop[:, i - 1] if i > 0 else torch.full_like(a[:, 0], t_lead)
+                state = modeling.green_scan_step(a[:, i], hop_prev, z_re, z_im, u[:, i], None, state)
+                outs.append(state)
+            return tuple(torch.stack([o[k] for o in outs], dim=1) for k in range(4))
+        modeling.green_scan = lead_scan
+    if args.freeze_channels:
+        init_frozen = Mixer.__init__
+
+        def frozen(self, config, layer_idx):
+            init_frozen(self, config, layer_idx)
+            self.energy.requires_grad_(False)
+            self.rho.requires_grad_(False)
+        Mixer.__init__ = frozen
     args.strip_phase = args.strip_phase or args.decay_semiseparable is not None or args.smooth_transmission
     transmission = {}
     if args.strip_phase:
@@ -175,8 +281,8 @@ def main() -> None:
             return scores @ v, torch.zeros(q.shape[0], q.shape[-1], v.shape[-1])  # (kernel is causal)
         modeling.semiseparable_scan = decayed_semiseparable
     task = MQAR(vocab=128, num_pairs=4)
-    config = ResNetBKConfig(vocab_size=128, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,
-                            ffn_dim=128, **json.loads(args.options))
+    config = ResNetBKConfig(**{**dict(vocab_size=128, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,
+                                      ffn_dim=128), **json.loads(args.options)})
     if args.report_transmission:
         report_transmission(modeling, config, task)
         return
@@ -184,7 +290,12 @@ def main() -> None:
     lm = train(config, task, 64, steps=args.steps, batch_size=64, lr=args.lr, seed=args.seed)
     result = evaluate(lm.model, task, 64, examples=256)
     flags = {k: v for k, v in vars(args).items() if k not in ("options", "report_transmission", "steps", "lr")}
-    print(json.dumps({"options": json.loads(args.options), **flags, "accuracy": round(result["accuracy"], 3),
+    mixers = [m for m in lm.model.modules() if isinstance(m, Mixer)]
+    trained = {f"layer {i}": {"E": [round(e, 3) for e in Mixer.energy_eta(m)[0].tolist()],
+                              "eta": [float(f"{x:.3g}") for x in (m.config.epsilon + F.softplus(m.rho)).tolist()]}
+               for i, m in enumerate(mixers)}
+    print(json.dumps({"options": json.loads(args.options), **flags, "trained_channels": trained,
+                      "accuracy": round(result["accuracy"], 3),
                       "chance": result["chance"], "non_embedding": lm.model.num_parameters(exclude_embeddings=True),
                       "seconds": round(time.time() - t0)}))
 
