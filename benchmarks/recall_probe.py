@@ -149,6 +149,7 @@ def main() -> None:
     from hubtrain.models.resnet_bk import ResNetBKConfig
 
     Mixer = modeling.ResNetBKGreenMixer
+    channel_energy_eta = Mixer.energy_eta  # E and eta per channel, before any flag patches it
     if args.conv:
         init = Mixer.__init__
 
@@ -169,7 +170,6 @@ def main() -> None:
         def scaled_hopping(self, config, layer_idx):
             init_hop(self, config, layer_idx)
             self.in_proj = ScaledHopping(self.in_proj, self.num_channels, args.hop_scale)
-        Mixer.__init__ = scaled_hopping
         Mixer.__init__ = scaled_hopping
     if args.unit_feature_scale:
         Mixer.value_scale = lambda self, eta, g_im: torch.ones_like(g_im)
@@ -291,9 +291,8 @@ def main() -> None:
     result = evaluate(lm.model, task, 64, examples=256)
     flags = {k: v for k, v in vars(args).items() if k not in ("options", "report_transmission", "steps", "lr")}
     mixers = [m for m in lm.model.modules() if isinstance(m, Mixer)]
-    trained = {f"layer {i}": {"E": [round(e, 3) for e in Mixer.energy_eta(m)[0].tolist()],
-                              "eta": [float(f"{x:.3g}") for x in (m.config.epsilon + F.softplus(m.rho)).tolist()]}
-               for i, m in enumerate(mixers)}
+    trained = {f"layer {i}": {"E": [round(x, 3) for x in energy.tolist()], "eta": [float(f"{x:.3g}") for x in eta.tolist()]}
+               for i, (energy, eta) in enumerate(channel_energy_eta(m) for m in mixers)}
     print(json.dumps({"options": json.loads(args.options), **flags, "trained_channels": trained,
                       "accuracy": round(result["accuracy"], 3),
                       "chance": result["chance"], "non_embedding": lm.model.num_parameters(exclude_embeddings=True),
