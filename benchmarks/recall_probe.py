@@ -150,27 +150,31 @@ def main() -> None:
 
     Mixer = modeling.ResNetBKGreenMixer
     channel_energy_eta = Mixer.energy_eta  # E and eta per channel, before any flag patches it
-    if args.conv:
+
+    def after_init(extra):
+        """Run extra(mixer, config) at the end of every mixer's __init__ (the flags below stack their changes)."""
         init = Mixer.__init__
 
-        def with_conv(self, config, layer_idx):
+        def patched(self, config, layer_idx):
             init(self, config, layer_idx)
-            self.in_proj = ConvThenLinear(self.in_proj, config.d_model, args.conv)
-        Mixer.__init__ = with_conv
+            extra(self, config)
+        Mixer.__init__ = patched
+
+    def sequential_scan(a, hop, z_re, z_im_at, u, state, hop_in):
+        """green_scan_step over the positions, from ``state`` (None: nothing before position 1) coupled in by
+        ``hop_in``, with z_im_at(i) the absorption at position i: the per-token and lead scans of the flags."""
+        outs = []
+        for i in range(a.shape[1]):
+            hop_prev = hop[:, i - 1] if i > 0 else hop_in
+            state = modeling.green_scan_step(a[:, i], hop_prev, z_re, z_im_at(i), u[:, i], None, state)
+            outs.append(state)
+        return tuple(torch.stack([o[k] for o in outs], dim=1) for k in range(4))
+    if args.conv:
+        after_init(lambda m, config: setattr(m, "in_proj", ConvThenLinear(m.in_proj, config.d_model, args.conv)))
     if args.clean_chain:
-        init_clean = Mixer.__init__
-
-        def clean(self, config, layer_idx):
-            init_clean(self, config, layer_idx)
-            self.in_proj = CleanChain(self.in_proj, self.num_channels, args.clean_chain == "both")
-        Mixer.__init__ = clean
+        after_init(lambda m, config: setattr(m, "in_proj", CleanChain(m.in_proj, m.num_channels, args.clean_chain == "both")))
     if args.hop_scale:
-        init_hop = Mixer.__init__
-
-        def scaled_hopping(self, config, layer_idx):
-            init_hop(self, config, layer_idx)
-            self.in_proj = ScaledHopping(self.in_proj, self.num_channels, args.hop_scale)
-        Mixer.__init__ = scaled_hopping
+        after_init(lambda m, config: setattr(m, "in_proj", ScaledHopping(m.in_proj, m.num_channels, args.hop_scale)))
     if args.unit_feature_scale:
         Mixer.value_scale = lambda self, eta, g_im: torch.ones_like(g_im)
     if args.raw_keys:
@@ -189,14 +193,11 @@ def main() -> None:
             return energy, torch.log(torch.expm1(eta0 - c.epsilon))
         Mixer.initial_channel_parameters = initial_channel_parameters
     if args.selective_absorption:
-        init_sel = Mixer.__init__
-
-        def selective(self, config, layer_idx):
-            init_sel(self, config, layer_idx)
+        def selective(self, config):
             self.eta_proj = nn.Linear(config.d_model, self.num_channels)
             nn.init.zeros_(self.eta_proj.bias)
             self.register_forward_pre_hook(lambda module, inputs: setattr(module, "_tokens", inputs[0]))
-        Mixer.__init__ = selective
+        after_init(selective)
         channel_eta = Mixer.energy_eta
 
         def token_eta(self):
@@ -208,12 +209,7 @@ def main() -> None:
 
         def token_scan(a, hop, z_re, z_im, u, u_im=None, chunk_size=None):
             u = u * torch.sqrt(z_im).unsqueeze(-1)
-            state, outs = None, []
-            for i in range(a.shape[1]):
-                hop_prev = hop[:, i - 1] if i > 0 else torch.zeros_like(a[:, 0])
-                state = modeling.green_scan_step(a[:, i], hop_prev, z_re, z_im[:, i], u[:, i], None, state)
-                outs.append(state)
-            return tuple(torch.stack([o[k] for o in outs], dim=1) for k in range(4))
+            return sequential_scan(a, hop, z_re, lambda i: z_im[:, i], u, None, torch.zeros_like(a[:, 0]))
         modeling.green_scan = token_scan
     if args.hop_bias is not None:  # the model's _init_weights calls this after initialising the mixer's children
         channel_parameters = Mixer.initial_channel_parameters
@@ -235,21 +231,10 @@ def main() -> None:
             g = torch.where(g[0].imag > 0, g[0], g[1]).to(torch.complex64)  # the retarded root: Im g* > 0
             B, H, P = a.shape[0], a.shape[-1], u.shape[-1]
             state = (g.real.expand(B, H), g.imag.expand(B, H), u.new_zeros(B, H, P), u.new_zeros(B, H, P))
-            outs = []
-            for i in range(a.shape[1]):
-                hop_prev = hop[:, i - 1] if i > 0 else torch.full_like(a[:, 0], t_lead)
-                state = modeling.green_scan_step(a[:, i], hop_prev, z_re, z_im, u[:, i], None, state)
-                outs.append(state)
-            return tuple(torch.stack([o[k] for o in outs], dim=1) for k in range(4))
+            return sequential_scan(a, hop, z_re, lambda i: z_im, u, state, torch.full_like(a[:, 0], t_lead))
         modeling.green_scan = lead_scan
     if args.freeze_channels:
-        init_frozen = Mixer.__init__
-
-        def frozen(self, config, layer_idx):
-            init_frozen(self, config, layer_idx)
-            self.energy.requires_grad_(False)
-            self.rho.requires_grad_(False)
-        Mixer.__init__ = frozen
+        after_init(lambda m, config: (m.energy.requires_grad_(False), m.rho.requires_grad_(False)))
     args.strip_phase = args.strip_phase or args.decay_semiseparable is not None or args.smooth_transmission
     transmission = {}
     if args.strip_phase:
