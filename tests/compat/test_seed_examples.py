@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +49,6 @@ def _sub(code: str, substitutions: list[tuple[Any, str]]) -> str:
 def _publish(hub: Path, repo_id: str, folder: Path) -> None:
     """Lay ``folder`` out as ``repo_id`` the way huggingface_hub caches it (snapshots/<commit> + refs/main)."""
     import hashlib
-    import shutil
 
     repo = hub / f"models--{repo_id.replace('/', '--')}"
     commit = hashlib.sha1(repo_id.encode()).hexdigest()
@@ -130,6 +130,7 @@ def doc(tmp_path_factory) -> Callable[..., dict[str, Any]]:
 
         run.workdir = workdir  # type: ignore[attr-defined]
         yield run
+    shutil.rmtree(root, ignore_errors=True)  # ~1.3 GB of checkpoints: free it for the next module
 
 
 def test_every_block_has_a_test():

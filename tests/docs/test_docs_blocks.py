@@ -32,6 +32,7 @@ import contextlib
 import io
 import json
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -508,6 +509,7 @@ def docs_env(tmp_path_factory) -> DocsEnv:
     finally:
         mp.undo()
         torch.set_num_threads(threads)
+        shutil.rmtree(root, ignore_errors=True)  # ~1.4 GB of checkpoints and exports: free it for the next module
 
 
 def test_every_block_is_in_the_table():
