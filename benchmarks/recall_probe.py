@@ -2,8 +2,9 @@ r"""The MQAR probes behind docs/resnet_bk.md section 7: which change to ResNet-B
 
 One MQAR point (vocabulary 128, 4 key-value pairs, length 64, d_model 64, 2 layers, 600 steps of batch 64, lr 3e-3),
 trained and scored with ``hubtrain.evaluation.recall`` like the benchmark. Config options are passed as JSON; the
-changes that are not options (measured and not added, or, for the band edge with a lead, not yet added) are applied
-to the mixer here by the flags below, so every figure in the table can be made again::
+changes that are not options (measured and not added, or, for the band edge with a lead, measured here before it
+became the option ``chain="lead"``) are applied to the mixer by the flags below, so every figure in the table can
+be made again::
 
     python benchmarks/recall_probe.py '{}'                                   # the default mixer
     python benchmarks/recall_probe.py '{"key_dim": 8, "feature_norm": "ward", "epsilon": 0.001}' --eta-low 0.0012
@@ -16,6 +17,7 @@ to the mixer here by the flags below, so every figure in the table can be made a
     python benchmarks/recall_probe.py '{"key_dim": 8}' --selective-absorption  # eta per token, as Mamba's Delta
     python benchmarks/recall_probe.py '{"key_dim": 8, "epsilon": 1e-7}' --eta-low 1e-6 --energy 1 1 \
         --clean-chain both --lead 0.5 --raw-keys both --freeze-channels --unit-feature-scale  # band edge + lead: recalls
+    python benchmarks/recall_probe.py '{"chain": "lead", "key_dim": 8}'      # the same, as the shipped option
 
 The transmission flags (--strip-phase, --decay-semiseparable, --smooth-transmission) rebuild the scan's output
 from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine at length 64, for probing only.

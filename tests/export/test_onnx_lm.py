@@ -78,3 +78,32 @@ def test_resnet_bk_torchscript_keeps_the_scan_a_loop(tiny_resnet_bk, tmp_path):
     ids = torch.randint(0, 64, (2, 100), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.allclose(scripted(ids), tiny_resnet_bk(ids).logits, atol=1e-4)
+
+
+def test_resnet_bk_lead_chain_exports_scan_decode_step_and_torchscript(tmp_path):
+    """chain="lead" starts from the lead's g*, not from zero: the exported scan, the decode step started from the
+    flat zero state, and the TorchScript loop must all carry that start to match PyTorch."""
+    from hubtrain.export import export_to_torchscript
+    from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM
+
+    torch.manual_seed(0)
+    config = ResNetBKConfig(vocab_size=64, d_model=32, n_layers=2, num_channels=4, channel_dim=8, ffn_dim=32,
+                            num_experts=2, top_k=1, n_seq=32, initializer_range=0.2, chain="lead", key_dim=2,
+                            lead_eta_min=1e-3)
+    model = ResNetBKForCausalLM(config).eval()
+    assert_context_dependent(model, 64)
+    path = export_to_onnx(model, tmp_path / "lead.onnx")
+    gen = torch.Generator().manual_seed(1)
+    inputs = [(torch.randint(0, 64, (b, n), generator=gen),) for b, n in [(1, 1), (3, 37), (2, 100)]]
+    result = verify_onnx_model(model, path, inputs)
+    assert result.max_abs_error <= 1e-4 and result.argmax_match is True
+    step, report = export_decode_step_to_onnx(model, tmp_path / "lead_step.onnx")
+    assert report["ok"] and report["max_abs_error"] <= 1e-4
+    prompt = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(0))
+    reference = greedy_reference(model, prompt, 20)
+    assert_generates_like_reference(OnnxGenerator(step).generate(prompt.numpy(), max_new_tokens=20), reference, 6,
+                                    min_distinct=6)
+    scripted = torch.jit.load(str(export_to_torchscript(model, tmp_path / "lead.pt")))
+    ids = torch.randint(0, 64, (2, 100), generator=gen)
+    with torch.no_grad():
+        assert torch.allclose(scripted(ids), model(ids).logits, atol=1e-4)

@@ -225,6 +225,88 @@ def test_ward_feature_norm_scales_y_by_the_energy_of_the_past_and_stays_below_th
     assert (y_abs / v_norm).max() > 0.1  # the bound is approached, not vacuous
 
 
+def test_lead_chain_is_the_resolvent_of_a_chain_with_a_long_explicit_lead():
+    """chain="lead": features equal q_i^T sum_j G^(i)[i, j] (k_j / sqrt(K)) v_j^T and g_i, with G^(i) the inverse of a
+    dense prefix Hamiltonian that has M = 400 explicit lead sites of hopping t to the left of position 1 (no g*
+    formula): |t g*|^(2M) < 1e-17 at the smallest eta here, 0.01."""
+    model = tiny_model(chain="lead", key_dim=3, lead_eta_min=0.01)
+    ids = torch.randint(0, 64, (1, 11))
+    mixer, x, feats = capture_mixer(model, ids)
+    H, P, K, M = mixer.num_channels, mixer.channel_dim, mixer.key_dim, 400
+    t = model.config.lead_hopping
+    assert (model.config.key_norm, model.config.feature_norm) == ("scaled", "none")
+    with torch.no_grad():
+        v, kq, _ = mixer.in_proj(x).split([H * P, 2 * H * K, x.shape[-1]], -1)
+        k, q = kq[0].view(-1, 2, H, K).unbind(1)
+        k = k / math.sqrt(K)
+        v = v[0].view(-1, H, P)
+        E, eta = mixer.energy_eta()
+        assert torch.allclose(E, torch.full((H,), 2 * t, dtype=E.dtype))  # the top edge of the band
+        for ch in range(H):
+            n = x.shape[1]
+            rows = dense_causal_rows(torch.zeros(M + n), torch.full((M + n,), t), float(E[ch]), float(eta[ch]))[M:]
+            for i, row in enumerate(rows):
+                row = row[M:]  # the chain's own sites; the lead carries no values
+                kv = k[: i + 1, ch, :, None] * v[: i + 1, ch, None, :]
+                expected = (q[i, ch, :, None].to(torch.complex128) * (row[:, None, None] * kv).sum(0)).sum(0)
+                got = torch.complex(feats[0, i, ch, :P], feats[0, i, ch, P : 2 * P])
+                assert torch.allclose(got, expected, atol=1e-10), (ch, i)
+                g = complex(feats[0, i, ch, 2 * P], feats[0, i, ch, 2 * P + 1]) / float(eta[ch])
+                assert abs(g - complex(row[i])) < 1e-10, (ch, i)
+    # the lead matters: the same chain with an open end (nothing left of position 1) has another g_1
+    open_g = 1 / complex(-float(E[0]), -float(eta[0]))
+    first = complex(feats[0, 0, 0, 2 * P], feats[0, 0, 0, 2 * P + 1]) / float(eta[0])
+    assert abs(first - open_g) > 0.5
+
+
+def test_lead_scan_equals_the_general_scan_in_values_and_gradients():
+    """The lead chain's own path (chunked powers of lam = -t g*) against green_scan continued from (g*, y0) with
+    hop_in = t, both float64: the same g, y and gradients with respect to the values and the incoming y0."""
+    from hubtrain.models.resnet_bk.green_scan import green_scan
+
+    model = tiny_model(chain="lead", key_dim=2, lead_eta_min=1e-3)
+    mixer = model.model.layers[0].mixer
+    B, N, H, W = 2, 150, mixer.num_channels, 2 * mixer.channel_dim
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(B, N, H, W, generator=gen, dtype=torch.float64, requires_grad=True)
+    y0 = [torch.randn(B, H, W, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    probe = [torch.randn(B, N, H, *s, generator=gen, dtype=torch.float64) for s in ((), (), (W,), (W,))]
+    t = model.config.lead_hopping
+    energy, eta = mixer.energy_eta()
+    g_re, g_im, _, _ = mixer.lead_state(None, torch.zeros(B, 1, dtype=torch.float64), B, W)
+    results = []
+    for run in (lambda: mixer.lead_scan(u, tuple(y0), chunk_size=16),
+                lambda: green_scan(torch.zeros(B, N, H, dtype=torch.float64), torch.full((B, N, H), t, dtype=torch.float64),
+                                   energy, eta, u, None, chunk_size=16, initial=(g_re, g_im, *y0),
+                                   hop_in=torch.full((B, H), t, dtype=torch.float64))):
+        out = run()
+        grads = torch.autograd.grad(sum((o * p).sum() for o, p in zip(out, probe)), [u, *y0])
+        results.append(([o.detach() for o in out], grads))
+    (out0, grad0), (out1, grad1) = results
+    assert out0[2].abs().max() > 1.0  # values that travelled: not a degenerate zero comparison
+    for a, b in zip(out0 + list(grad0), out1 + list(grad1)):
+        assert torch.allclose(a, b, atol=1e-9, rtol=1e-9)
+
+
+def test_lead_chain_read_out_is_bounded_by_the_value_norm_through_the_ward_identity():
+    """|y_i| <= ||v_{1..i}|| sqrt(Im g_i / eta) (sum_j |G[i, j]|^2 <= Im g_i / eta: the lead only adds to Im g_i),
+    on 300-token inputs scaled by 100, nothing clamped, and approached."""
+    big = tiny_model(chain="lead", lead_eta_min=1e-3)
+    with torch.no_grad():
+        big.model.embed_tokens.weight.mul_(100)
+    ids = torch.randint(0, 64, (2, 300))
+    mixer, xb, fb = capture_mixer(big, ids)
+    H, P = mixer.num_channels, mixer.channel_dim
+    with torch.no_grad():
+        v = mixer.in_proj(xb).split([H * P, xb.shape[-1]], -1)[0].view(2, 300, H, P)
+        _, eta = mixer.energy_eta()
+    v_norm = torch.sqrt(torch.cumsum((v**2).sum(-1), dim=1))
+    y_abs = torch.sqrt(fb[..., :P] ** 2 + fb[..., P : 2 * P] ** 2).norm(dim=-1)
+    bound = v_norm * torch.sqrt(fb[..., 2 * P + 1] / eta / eta)  # the feature is eta Im g_i
+    assert torch.isfinite(fb).all() and (y_abs <= bound * (1 + 1e-9)).all()
+    assert (y_abs / bound).max() > 0.1
+
+
 def test_keyed_resolvent_contributes_what_the_plain_values_cannot():
     """The same model with and without keys differs only through the keyed state: zeroing keys' contribution (all
     queries orthogonal to all keys) removes the value read-out entirely."""
@@ -358,6 +440,13 @@ def test_dropout_p_is_applied_in_training_only():
         (dict(k_max=0), "k_max"),
         (dict(num_channels=0), "num_channels"),
         (dict(mourre_margin=1.5), "mourre_margin"),
+        (dict(chain="ring"), "chain"),
+        (dict(key_norm="l2"), "key_norm"),
+        (dict(feature_norm="sqrt"), "feature_norm"),
+        (dict(chain="lead", lead_hopping=0.0), "lead_hopping"),
+        (dict(chain="lead", lead_eta_min=1.0), "lead_eta_min"),
+        (dict(chain="lead", use_mourre=True), "use_mourre"),
+        (dict(chain="lead", use_birman_schwinger=True), "use_birman_schwinger"),
     ],
 )
 def test_bad_options_raise_errors_that_name_the_field(kwargs, field):

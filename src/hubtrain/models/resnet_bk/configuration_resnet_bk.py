@@ -29,12 +29,25 @@ class ResNetBKConfig(PretrainedConfig):
         key_dim: 0 (default) scans the values themselves. K > 0 scans the outer products k_j v_j^T of a key and a
             value per token (K x channel_dim per channel: the resolvent applied to key-value pairs) and reads the
             result out with a query, out_i = q_i^T sum_j G^(i)[i, j] k_j v_j^T: a keyed, associative memory whose
-            decay is the Green's function. Keys and queries are unit vectors, so the Ward identity still bounds
-            the read-out by the value norm.
-        feature_norm: how the scanned values y are scaled before the output projection, both bounded by the value
-            norm without clamps: "eta" multiplies by eta (|eta y_i| <= ||u_{1..i}||); "ward" multiplies by
-            sqrt(eta / Im g_i), which normalises the weights of the past to unit energy
-            (sum_j |G[i, j]|^2 = Im g_i / eta), so long-memory channels are not scaled down by their small eta.
+            decay is the Green's function. How keys and queries are scaled is `key_norm`.
+        key_norm: "unit" (default for chain="token") normalises keys and queries to unit vectors, so the Ward
+            identity bounds the read-out by the value norm; "scaled" (default for chain="lead") divides keys by
+            sqrt(key_dim) and leaves queries as projected, as attention scales q.k.
+        feature_norm: how the scanned values y are scaled before the output projection, each bounded without
+            clamps: "eta" (default for chain="token") multiplies by eta (|eta y_i| <= ||u_{1..i}||); "ward"
+            multiplies by sqrt(eta / Im g_i), which normalises the weights of the past to unit energy
+            (sum_j |G[i, j]|^2 <= Im g_i / eta), so long-memory channels are not scaled down by their small eta;
+            "none" (default for chain="lead") reads y as it is (|y_i| <= ||u_{1..i}|| sqrt(Im g_i / eta)).
+        chain: "token" (default): the potential a_i and the hopping t_i come from the tokens, every channel learns
+            its E and eta, and nothing is to the left of position 1. "lead": a clean chain (a = 0, t = lead_hopping,
+            padding carries no values and cuts nothing) attached on its left to a semi-infinite lead of the same
+            hopping, so the scan starts from the lead's surface Green's function g* instead of from nothing; every
+            channel sits at the top edge of the band, E = 2 t, with a fixed eta, log-spaced from lead_eta_min to 1.
+            There g_i = g* at every position and G[i, j] = g* (-t g*)^(i - j): each channel weighs the past by
+            distance alone, with |t g*| ~ 1 - sqrt(eta / 2t) (section 7.1 of docs/resnet_bk.md measures why).
+            Excludes use_birman_schwinger, use_mourre and use_prime_bump, which act on the potential or on E.
+        lead_hopping: t of the lead chain, in (0, 1].
+        lead_eta_min: the smallest eta of the lead chain's channels (the longest memory), in (0, 1).
         ffn_dim: hidden width of each expert (default 2 * d_model).
         epsilon: lower bound on eta (limiting absorption): eta = epsilon + softplus(rho), so Im z >= epsilon > 0.
         use_lap: if True (default) eta = epsilon + softplus(rho); if False eta = exp(log_eta) is learned freely.
@@ -79,7 +92,11 @@ class ResNetBKConfig(PretrainedConfig):
     num_channels: int = 8
     channel_dim: int = 16
     key_dim: int = 0
-    feature_norm: str = "eta"
+    key_norm: str | None = None
+    feature_norm: str | None = None
+    chain: str = "token"
+    lead_hopping: float = 0.5
+    lead_eta_min: float = 1e-6
     ffn_dim: int | None = None
     use_birman_schwinger: bool = False
     epsilon: float = 0.05
@@ -120,8 +137,28 @@ class ResNetBKConfig(PretrainedConfig):
                 raise ValueError(f"ResNetBKConfig: {name}={value!r} must be a positive integer")
         if isinstance(self.key_dim, bool) or not isinstance(self.key_dim, int) or self.key_dim < 0:
             raise ValueError(f"ResNetBKConfig: key_dim={self.key_dim!r} must be an integer >= 0 (0 turns keys off)")
-        if self.feature_norm not in ("eta", "ward"):
-            raise ValueError(f"ResNetBKConfig: feature_norm={self.feature_norm!r} must be 'eta' or 'ward'")
+        if self.chain not in ("token", "lead"):
+            raise ValueError(f"ResNetBKConfig: chain={self.chain!r} must be 'token' or 'lead'")
+        lead = self.chain == "lead"
+        if self.key_norm is None:
+            self.key_norm = "scaled" if lead else "unit"
+        if self.feature_norm is None:
+            self.feature_norm = "none" if lead else "eta"
+        if self.key_norm not in ("unit", "scaled"):
+            raise ValueError(f"ResNetBKConfig: key_norm={self.key_norm!r} must be 'unit' or 'scaled'")
+        if self.feature_norm not in ("eta", "ward", "none"):
+            raise ValueError(f"ResNetBKConfig: feature_norm={self.feature_norm!r} must be 'eta', 'ward' or 'none'")
+        if not 0.0 < self.lead_hopping <= 1.0:
+            raise ValueError(f"ResNetBKConfig: lead_hopping={self.lead_hopping!r} must be in (0, 1]")
+        if not 0.0 < self.lead_eta_min < 1.0:
+            raise ValueError(f"ResNetBKConfig: lead_eta_min={self.lead_eta_min!r} must be in (0, 1)")
+        if lead:
+            clash = [n for n in ("use_birman_schwinger", "use_mourre", "use_prime_bump") if getattr(self, n)]
+            if clash:
+                raise ValueError(
+                    f"ResNetBKConfig: chain='lead' is a clean chain at a fixed energy, and {', '.join(clash)} acts "
+                    "on the potential or on E; set them to False or use chain='token'"
+                )
         if self.ffn_dim is None:
             self.ffn_dim = 2 * self.d_model
         elif isinstance(self.ffn_dim, bool) or not isinstance(self.ffn_dim, int) or self.ffn_dim < 1:
