@@ -31,12 +31,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-MODELS = ("resnet_bk", "resnet_bk_ss", "gpt2", "mamba")
-LABELS = {"resnet_bk": "ResNet-BK", "resnet_bk_ss": "ResNet-BK + semiseparable", "gpt2": "GPT-2 (sdpa)",
-          "mamba": "Mamba (mambapy)"}
-# ResNet-BK with its one option that measurably learns MQAR (docs/resnet_bk.md section 7): a causal rank-16
-# linear-attention term tril(Q K^T) V beside the Green's function
-SEMISEPARABLE = {"use_semiseparable": True, "low_rank": 16}
+MODELS = ("resnet_bk", "resnet_bk_ss", "resnet_bk_lead", "gpt2", "mamba")
+LABELS = {"resnet_bk": "ResNet-BK", "resnet_bk_ss": "ResNet-BK + semiseparable", "resnet_bk_lead": "ResNet-BK lead, K=8",
+          "gpt2": "GPT-2 (sdpa)", "mamba": "Mamba (mambapy)"}
+# ResNet-BK with its options that measurably learn MQAR (docs/resnet_bk.md section 7): a causal rank-16
+# linear-attention term tril(Q K^T) V beside the Green's function, and the keyed resolvent of a band-edge chain
+# with a lead (the Green's function itself recalling)
+VARIANTS = {"resnet_bk_ss": {"use_semiseparable": True, "low_rank": 16}, "resnet_bk_lead": {"chain": "lead", "key_dim": 8}}
 
 
 # --------------------------------------------------------------------------------------------------------- models
@@ -66,8 +67,8 @@ def configs(name: str, *, vocab: int, d: int, layers: int, max_len: int, resnet_
     rbk = ResNetBKConfig(**{**shape, **resnet_bk})
     if name == "resnet_bk":
         return rbk
-    if name == "resnet_bk_ss":
-        return ResNetBKConfig(**{**shape, **resnet_bk, **SEMISEPARABLE})
+    if name in VARIANTS:
+        return ResNetBKConfig(**{**shape, **resnet_bk, **VARIANTS[name]})
     target = non_embedding(rbk)
     if name == "gpt2":
         base = dict(vocab_size=vocab, n_embd=d, n_layer=layers, n_head=max(1, d // 32), n_positions=max_len,
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--vocab", type=int, default=128, help="MQAR vocabulary (keys from the first half, values the second)")
-    p.add_argument("--long-models", nargs="+", default=["resnet_bk", "resnet_bk_ss", "gpt2"], choices=MODELS,
+    p.add_argument("--long-models", nargs="+", default=["resnet_bk", "resnet_bk_ss", "resnet_bk_lead", "gpt2"], choices=MODELS,
                    help="models of the extrapolation and passkey runs (Mamba's CPU scan makes them hours; --full adds it)")
     p.add_argument("--widths", type=int, nargs="+", default=[64])
     p.add_argument("--layers", type=int, default=2)

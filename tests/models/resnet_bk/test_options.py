@@ -286,6 +286,9 @@ def test_lead_scan_equals_the_general_scan_in_values_and_gradients():
     assert out0[2].abs().max() > 1.0  # values that travelled: not a degenerate zero comparison
     for a, b in zip(out0 + list(grad0), out1 + list(grad1)):
         assert torch.allclose(a, b, atol=1e-9, rtol=1e-9)
+    # and autograd's gradients of the chunked path are the finite differences' (across chunk ends: 19 = 3 x 6 + 1)
+    small = [x[:1, :19].detach().requires_grad_() for x in (u,)] + [y[:1].detach().requires_grad_() for y in y0]
+    assert torch.autograd.gradcheck(lambda uu, r, i: mixer.lead_scan(uu, (r, i), chunk_size=6)[2:], small)
 
 
 def test_lead_chain_read_out_is_bounded_by_the_value_norm_through_the_ward_identity():
