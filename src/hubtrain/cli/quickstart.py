@@ -84,11 +84,13 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     console.print(f"[bold green]validation accuracy: {result['val_accuracy']:.4f}[/]")
-    console.print(f"run directory (checkpoints, metrics.csv, training_curves.png): {result['run_dir']}")
-    console.print(f"best checkpoint: {result['best_checkpoint']}")
-    console.print(f"Hub-ready folder: {result['output_dir']}")
+    # paths on one line each, never wrapped at the terminal width, so they can be copied whole
+    console.print(f"run directory (checkpoints, metrics.csv, training_curves.png): {result['run_dir']}", markup=False, soft_wrap=True)
+    console.print(f"best checkpoint: {result['best_checkpoint']}", markup=False, soft_wrap=True)
+    console.print(f"Hub-ready folder: {result['output_dir']}", markup=False, soft_wrap=True)
     console.print(
         "load it back with: [cyan]hubtrain.ImageClassifier.from_pretrained("
-        f"{result['output_dir']!r})[/]"
+        f"{result['output_dir']!r})[/]",
+        soft_wrap=True,
     )
     return 0

@@ -148,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
         f"{result['train_tokens']:,} training tokens; ResNet-BK with {result['non_embedding_parameters']:,} "
         f"non-embedding parameters"
     )
-    console.print(f"run directory:    {result['run_dir']}")
-    console.print(f"best checkpoint:  {result['best_checkpoint']}")
-    console.print(f"Hub-ready folder: {result['output_dir']}  (model, tokenizer, README.md, metrics.csv, training_curves.png)")
+    # paths on one line each, never wrapped at the terminal width, so they can be copied whole
+    console.print(f"run directory:    {result['run_dir']}", markup=False, soft_wrap=True)
+    console.print(f"best checkpoint:  {result['best_checkpoint']}", markup=False, soft_wrap=True)
+    console.print(f"Hub-ready folder: {result['output_dir']}  (model, tokenizer, README.md, metrics.csv, training_curves.png)", markup=False, soft_wrap=True)
     console.print(Panel(result["sample"], title="sample from the saved folder (AutoModelForCausalLM)", expand=False))
     return 0
