@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"Bible (English, public domain; {PROSE_INSTALL})")
     p.add_argument("--contexts", type=int, nargs="+", default=[256, 2048])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--train-tokens", type=int, default=400_000, help="training tokens per run (equal for all)")
+    p.add_argument("--train-tokens", type=int, default=400_000, help="training tokens per run, at least (rounded up to whole steps; equal for all)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per optimizer step (batch = this / context)")
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--d-model", type=int, default=128, help="width of ResNet-BK and GPT-2 (128 = the '1M' preset)")
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = max(1, args.batch_tokens // ctx)
         val_tokens = max(args.val_tokens, ctx)
         val_bpt = evaluated_bytes_per_token(streams["val"][: val_tokens + 1], ctx, lengths)
-        steps = max(1, args.train_tokens // (batch * ctx))
+        steps = max(1, math.ceil(args.train_tokens / (batch * ctx)))  # at least the budget asked for
         print(f"\ncontext {ctx}: batch {batch} x {ctx} tokens, {steps} steps; non-embedding parameters: "
               + ", ".join(f"{k} {configs[k][1]:,}" for k in args.models))
         for kind in args.models:
