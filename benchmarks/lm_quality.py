@@ -145,11 +145,13 @@ def _count(kind: str, vocab: int, context: int, size: dict, knob: int) -> int:
         return non_embedding_parameters(AutoModelForCausalLM.from_config(_config(kind, vocab, context, size, knob)))
 
 
-def matched_configs(vocab: int, context: int, size: dict) -> dict[str, Any]:
+def matched_configs(vocab: int, context: int, size: dict, kinds=MODELS) -> dict[str, Any]:
     """ResNet-BK's shape is the reference; GPT-2's MLP width and Mamba's width are searched to match its count."""
     target = _count("resnet_bk", vocab, context, size, 0)
     out = {"resnet_bk": (_config("resnet_bk", vocab, context, size, 0), target)}
     for kind, lo, hi in (("gpt2", 1, 1024), ("mamba", 2, 128)):
+        if kind not in kinds:
+            continue
         # The count grows with the knob (GPT-2's MLP width, Mamba's width; in steps of 8): bisect for the closest.
         while hi - lo > 1:
             mid = (lo + hi) // 2
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[dict[str, Any]] = []
     for ctx in args.contexts:
-        configs = matched_configs(len(data.tokenizer), ctx, size)
+        configs = matched_configs(len(data.tokenizer), ctx, size, args.models)
         batch = max(1, args.batch_tokens // ctx)
         val_tokens = max(args.val_tokens, ctx)
         val_bpt = evaluated_bytes_per_token(streams["val"][: val_tokens + 1], ctx, lengths)
