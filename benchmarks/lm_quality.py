@@ -411,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str, data, corpus: dict[str, Any]) -> None:
+    def label(r: dict[str, Any]) -> str:  # a ResNet-BK variant (--resnet-bk) is named by its fields
+        extra = ", ".join(f"{k}={v}" for k, v in args.resnet_bk.items()) if r["model"] == "resnet_bk" else ""
+        return f"{r['model']} ({extra})" if extra else r["model"]
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -436,7 +440,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
     ]
     for r in results:
         lines.append(
-            f"| {r['context']} | {r['model']} | {r['non_embedding_parameters']:,} | {r['val_loss']:.3f} | "
+            f"| {r['context']} | {label(r)} | {r['non_embedding_parameters']:,} | {r['val_loss']:.3f} | "
             f"{r['val_perplexity']:.2f} | {r['val_bits_per_byte']:.3f} | {r['train_tokens_per_s']:,.0f} | "
             f"{r['peak_rss_mb']:,.0f} |"
         )
@@ -464,7 +468,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
     for ax, ctx in zip(axes[0], contexts):
         for r in (r for r in results if r["context"] == ctx):
             xs, ys = zip(*r["curve"])
-            ax.plot(xs, ys, marker="o", label=f"{r['model']} ({r['non_embedding_parameters'] / 1e6:.2f}M)")
+            ax.plot(xs, ys, marker="o", label=f"{label(r)} ({r['non_embedding_parameters'] / 1e6:.2f}M)")
         ax.set(title=f"context {ctx}", xlabel="training tokens", ylabel="validation loss (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend()
