@@ -24,6 +24,7 @@ Reports validation loss (nats/token), perplexity, bits/byte, training tokens/s a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -263,6 +264,7 @@ def worker(args: argparse.Namespace) -> None:
         "val_bits_per_byte": loss / math.log(2) / spec["val_bytes_per_token"],
         "train_tokens_per_s": clock.tokens / clock.train_s,
         "train_seconds": clock.train_s,
+        "threads": args.threads,
         "peak_rss_mb": _rss_mb(),
         "rss_before_training_mb": rss_before,
         "curve": clock.curve,
@@ -303,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args)
         return 0
+    if "mamba" in args.models and importlib.util.find_spec("mambapy") is None:  # else a silent ~12x slower scan
+        p.error("Mamba runs need mambapy, or transformers falls back to its sequential scan: pip install 'hubtrain[bench]'")
 
     from safetensors.torch import save_file
 
@@ -431,18 +435,18 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
         f"{min(args.val_tokens, data.num_tokens['val']):,} tokens; "
         "bits/byte = total validation loss in bits / UTF-8 bytes of the validation text predicted.  ",
         f"Each run: {results[0]['train_tokens']:,} training tokens, AdamW lr {args.lr} (warmup 5%, cosine to 10%), "
-        f"clip 1.0, {args.batch_tokens} tokens per step, {args.threads} CPU thread(s) per run "
+        f"clip 1.0, {args.batch_tokens} tokens per step, CPU threads per run as in the table "
         f"({os.cpu_count()} cores on this machine), torch {torch.__version__}. Tokens/s is wall-clock training time "
         "(validation excluded); on a shared machine it moves with the load, so compare models within one context.",
         "",
-        "| context | model | non-emb. params | val loss (nats/token) | perplexity | bits/byte | train tokens/s | peak RSS (MB) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| context | model | non-emb. params | val loss (nats/token) | perplexity | bits/byte | train tokens/s | threads | peak RSS (MB) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['context']} | {label(r)} | {r['non_embedding_parameters']:,} | {r['val_loss']:.3f} | "
             f"{r['val_perplexity']:.2f} | {r['val_bits_per_byte']:.3f} | {r['train_tokens_per_s']:,.0f} | "
-            f"{r['peak_rss_mb']:,.0f} |"
+            f"{r.get('threads', args.threads)} | {r['peak_rss_mb']:,.0f} |"
         )
     lines += ["", "Against the targets (ResNet-BK val loss <= the better baseline at every context; faster training "
               "than both at the longest context):", ""]

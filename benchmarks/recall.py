@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -359,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", action="store_true", help="keep the finished runs of an earlier call with these settings")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    if "mamba" in args.models and importlib.util.find_spec("mambapy") is None:  # else a silent ~12x slower scan
+        p.error("Mamba runs need mambapy, or transformers falls back to its sequential scan: pip install 'hubtrain[bench]'")
     if args.full:
         args.widths, args.seq_lens, args.pairs, args.steps = [64, 128], [64, 128, 256, 512], [4, 8, 16, 32, 64], 300
         args.lrs, args.sweep_len, args.extrap_steps, args.passkey_steps = [1e-3, 3e-3, 1e-2], 128, 600, 300
