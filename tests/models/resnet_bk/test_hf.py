@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import hubtrain.models.resnet_bk  # noqa: F401  (registers with the Auto classes)
-from checks import BLOCK_HUBTRAIN, GENERATION_TINY, assert_cached_generation_matches, context_lm
+from checks import BLOCK_HUBTRAIN, GENERATION_TINY, assert_cached_generation_matches, context_lm, random_conv_taps
 from hubtrain.compat import output_cache
 from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM, ResNetBKModel
 from hubtrain.models.resnet_bk.modeling_resnet_bk import ResNetBKCache
@@ -32,18 +32,18 @@ TINY = GENERATION_TINY
 ALL_OPTIONS = dict(
     use_birman_schwinger=True, schatten_threshold=3.0, use_mourre=True, use_prime_bump=True, prime_bump_scale=0.5,
     use_semiseparable=True, low_rank=4, use_act=True, act_halt_threshold=0.5, use_scattering_router=True,
-    num_experts=3, top_k=2, key_dim=2, feature_norm="ward",
+    num_experts=3, top_k=2, key_dim=2, feature_norm="ward", conv_width=3,
 )
 # every option the one-token decoding step covers (adaptive computation time takes the general path)
 STEP_OPTIONS = {k: v for k, v in ALL_OPTIONS.items() if not k.startswith("act") and k != "use_act"}
 # the clean chain with a lead excludes the options on the potential and on E; it has its own start state and keys
 LEAD_OPTIONS = dict(chain="lead", key_dim=2, lead_eta_min=1e-3, use_semiseparable=True, low_rank=4, num_experts=3,
-                    top_k=2)
+                    top_k=2, conv_width=3)
 
 
 def tiny_model(seed=0, **options) -> ResNetBKForCausalLM:
     torch.manual_seed(seed)
-    return ResNetBKForCausalLM(ResNetBKConfig(**{**TINY, **options})).eval()
+    return random_conv_taps(ResNetBKForCausalLM(ResNetBKConfig(**{**TINY, **options})).eval())
 
 
 context_model = context_lm  # (**options): tiny_model(initializer_range=0.2), checked to use its context

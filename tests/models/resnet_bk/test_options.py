@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from checks import OPTION_CONTRIBUTIONS, OPTION_TINY, check_option_contributes, option_model
+from checks import OPTION_CONTRIBUTIONS, OPTION_TINY, check_option_contributes, option_model, random_conv_taps
 from hubtrain.models.resnet_bk import ResNetBKConfig
 from hubtrain.models.resnet_bk.modeling_resnet_bk import prime_bump_potential, semiseparable_scan
 
@@ -155,6 +155,47 @@ def test_semiseparable_term_equals_dense_masked_qk_v_and_continues_from_its_stat
         gate = mixer.in_proj(x)[..., -x.shape[-1] :]
         expected = mixer.ss_out(torch.tril(q @ k.transpose(1, 2)) @ v / r**0.5) * torch.nn.functional.silu(gate)
     assert expected.abs().max() > 0.1 * out.abs().max() and torch.allclose(added, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("chain", ["token", "lead"])
+def test_conv_width_mixes_the_last_w_projections_and_starts_as_the_identity(chain):
+    """conv_width=w: the chain's inputs at i come from sum_s W[:, w-1-s] z_{i-s} + b over the projections z of the
+    last w tokens (not the gate; nothing before position 1), and continuing from the window equals one pass; at
+    initialisation the taps are the identity, so the model equals the same model without the convolution."""
+    w = 3
+    model = tiny_model(conv_width=w, chain=chain, **({"key_dim": 2} if chain == "lead" else {}))
+    ids = torch.randint(0, TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(1))
+    without = copy.deepcopy(model)
+    for layer in without.model.layers:
+        del layer.mixer.conv
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, without(ids).logits, rtol=0, atol=1e-12)
+        # drawn at random, the taps change the logits, and the inputs are the explicit sum
+        random_conv_taps(model)
+        assert (model(ids).logits - without(ids).logits).abs().max() > 1e-3
+        mixer, x, _ = capture_mixer(model, ids)
+        N, d = x.shape[1], x.shape[-1]
+        positions, couple = torch.arange(1, N + 1).expand(2, N), torch.ones(2, N, 1, dtype=x.dtype)
+        z = mixer.in_proj(x)[..., :-d]
+        W, b = mixer.conv.weight[:, 0], mixer.conv.bias  # (width, w)
+        mixed = torch.stack([b + sum(W[:, w - 1 - s] * z[:, i - s] for s in range(w) if i - s >= 0) for i in range(N)], 1)
+        (a, t, v, kq, gate), window = mixer.chain_inputs(x, positions, couple)
+        (a0, t0, v0, kq0, gate0), _ = without.model.layers[0].mixer.chain_inputs(x, positions, couple)
+        H, P = mixer.num_channels, mixer.channel_dim
+        if chain == "token":
+            a_raw, t_raw, v_raw, _ = mixed.split([H, H, H * P, 2 * H * mixer.key_dim], -1)
+            assert torch.allclose(a, mixer.potential(a_raw, positions), atol=1e-12)
+            assert torch.allclose(t, torch.sigmoid(t_raw), atol=1e-12)
+        else:
+            v_raw, kq_raw = mixed.split([H * P, 2 * H * mixer.key_dim], -1)
+            assert torch.allclose(kq, kq_raw, atol=1e-12) and torch.equal(t, t0)
+        assert torch.allclose(v, v_raw, atol=1e-12) and not torch.allclose(v, v0, atol=1e-3)
+        assert torch.equal(gate, gate0)  # the gate is the token's own
+        # the window: the last w - 1 projections; continuing from it equals the single pass
+        assert torch.equal(window, z[:, -(w - 1) :])
+        (_, _, v1, _, _), win1 = mixer.chain_inputs(x[:, :5], positions[:, :5], couple[:, :5])
+        (_, _, v2, _, _), _ = mixer.chain_inputs(x[:, 5:], positions[:, 5:], couple[:, 5:], None, win1)
+        assert torch.allclose(torch.cat([v1, v2], 1), v, atol=1e-12)
 
 
 @pytest.mark.parametrize("option", sorted(OPTION_CONTRIBUTIONS))
@@ -444,6 +485,8 @@ def test_dropout_p_is_applied_in_training_only():
         (dict(num_channels=0), "num_channels"),
         (dict(mourre_margin=1.5), "mourre_margin"),
         (dict(chain="ring"), "chain"),
+        (dict(conv_width=-1), "conv_width"),
+        (dict(conv_width=2.0), "conv_width"),
         (dict(key_norm="l2"), "key_norm"),
         (dict(feature_norm="sqrt"), "feature_norm"),
         (dict(chain="lead", lead_hopping=0.0), "lead_hopping"),

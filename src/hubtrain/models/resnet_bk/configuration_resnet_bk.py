@@ -46,6 +46,9 @@ class ResNetBKConfig(PretrainedConfig):
             There g_i = g* at every position and G[i, j] = g* (-t g*)^(i - j): each channel weighs the past by
             distance alone, with |t g*| ~ 1 - sqrt(eta / 2t) (section 7.1 of docs/resnet_bk.md measures why).
             Excludes use_birman_schwinger, use_mourre and use_prime_bump, which act on the potential or on E.
+        conv_width: 0 or 1 (default): each position's potential, hopping, values, keys and queries come from its own
+            token. w > 1: from a depthwise causal convolution over the last w tokens' projections (Mamba's conv1d;
+            the output gate stays the token's own), started as the identity; the cache keeps the last w - 1.
         lead_hopping: t of the lead chain, in (0, 1].
         lead_eta_min: the smallest eta of the lead chain's channels (the longest memory), in (0, 1).
         ffn_dim: hidden width of each expert (default 2 * d_model).
@@ -95,6 +98,7 @@ class ResNetBKConfig(PretrainedConfig):
     key_norm: str | None = None
     feature_norm: str | None = None
     chain: str = "token"
+    conv_width: int = 0
     lead_hopping: float = 0.5
     lead_eta_min: float = 1e-6
     ffn_dim: int | None = None
@@ -137,6 +141,8 @@ class ResNetBKConfig(PretrainedConfig):
                 raise ValueError(f"ResNetBKConfig: {name}={value!r} must be a positive integer")
         if isinstance(self.key_dim, bool) or not isinstance(self.key_dim, int) or self.key_dim < 0:
             raise ValueError(f"ResNetBKConfig: key_dim={self.key_dim!r} must be an integer >= 0 (0 turns keys off)")
+        if isinstance(self.conv_width, bool) or not isinstance(self.conv_width, int) or self.conv_width < 0:
+            raise ValueError(f"ResNetBKConfig: conv_width={self.conv_width!r} must be an integer >= 0 (0 or 1: no convolution)")
         if self.chain not in ("token", "lead"):
             raise ValueError(f"ResNetBKConfig: chain={self.chain!r} must be 'token' or 'lead'")
         lead = self.chain == "lead"

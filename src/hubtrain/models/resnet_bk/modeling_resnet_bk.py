@@ -102,7 +102,7 @@ class ResNetBKCache:
     """Recurrent state for generation: O(1) per layer, whatever the context length.
 
     Per layer: g and y of every channel (real and imaginary parts), and when enabled the semiseparable running
-    sum and the running max / sum of the Schatten bound.  Per row: the number of real tokens seen (positions of
+    sum, the running max / sum of the Schatten bound and the causal convolution's window of conv_width - 1 inputs.  Per row: the number of real tokens seen (positions of
     the prime-bump potential) and whether the last position was a real token (padding cuts the coupling).
     """
 
@@ -198,6 +198,20 @@ def take_cache(cache: Any, past_key_values: Any, kwargs: dict[str, Any]) -> Opti
 # modules
 
 
+class ResNetBKCausalConv(nn.Conv1d):
+    """Depthwise causal convolution over the last `width` positions, (B, N, C) -> (B, N, C), continuing from a
+    window of the `width - 1` inputs before (None: zeros, nothing before). Returns (outputs, window after)."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__(channels, channels, width, groups=channels)
+
+    def forward(self, z: Tensor, window: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        k = self.kernel_size[0]
+        window = z.new_zeros(z.shape[0], k - 1, z.shape[-1]) if window is None else window
+        z = torch.cat([window, z], 1)
+        return super().forward(z.transpose(1, 2)).transpose(1, 2), z[:, -(k - 1) :]
+
+
 class ResNetBKGreenMixer(nn.Module):
     """Green's-function token mixer: potential, hopping and values from the tokens, resolvent per channel."""
 
@@ -210,6 +224,9 @@ class ResNetBKGreenMixer(nn.Module):
         # (potential, hopping,) values, (keys and queries,) output gate; the lead chain takes a and t off the tokens
         self.from_tokens = config.chain == "token"
         self.in_proj = nn.Linear(d, (2 * H if self.from_tokens else 0) + H * P + 2 * H * K + d)
+        if config.conv_width > 1:  # depthwise causal convolution over the chain's inputs (all but the gate)
+            width = self.in_proj.out_features - d
+            self.conv = ResNetBKCausalConv(width, config.conv_width)
         if self.from_tokens:  # the lead chain's channels are fixed by the config (lead_channels)
             self.energy = nn.Parameter(torch.empty(H))
             self.rho = nn.Parameter(torch.empty(H))
@@ -308,18 +325,28 @@ class ResNetBKGreenMixer(nn.Module):
         g_re = g.real.to(u.dtype).repeat(B, N, 1)
         return g_re, g.imag.to(u.dtype).repeat(B, N, 1), y.real.contiguous(), y.imag.contiguous()
 
-    def chain_inputs(self, x: Tensor, positions: Tensor, couple: Tensor) -> tuple[Tensor, ...]:
-        """(a, t, v, kq, gate) from the tokens x (..., d): the potential, the coupling into each position (cut
+    def chain_inputs(
+        self, x: Tensor, positions: Tensor, couple: Tensor, mask: Optional[Tensor] = None, window: Optional[Tensor] = None
+    ) -> tuple[tuple[Tensor, ...], Optional[Tensor]]:
+        """(a, t, v, kq, gate) from the tokens x (B, N, d): the potential, the coupling into each position (cut
         where `couple` is 0: padding before it), values, keys and queries, output gate. Under chain="lead" the
-        chain is clean: a = 0 and t = lead_hopping everywhere, padding included (it carries no values)."""
+        chain is clean: a = 0 and t = lead_hopping everywhere, padding included (it carries no values).
+
+        With conv_width > 1 the projections other than the gate are first mixed by a depthwise causal convolution
+        over the last conv_width positions, whose earlier inputs come from `window` (B, conv_width - 1, width;
+        None or zeros: nothing before); padding (`mask` (B, N) 0) enters it as zeros, as nothing would.
+        Returns the inputs and the window after the last position (or None).
+        """
         H, P, K = self.num_channels, self.channel_dim, self.key_dim
-        sizes = [H * P, 2 * H * K, x.shape[-1]]
+        z, gate = self.in_proj(x).split([self.in_proj.out_features - x.shape[-1], x.shape[-1]], dim=-1)
+        if hasattr(self, "conv"):
+            z, window = self.conv(z if mask is None else z * mask.unsqueeze(-1), window)
         if not self.from_tokens:
-            v, kq, gate = self.in_proj(x).split(sizes, dim=-1)
+            v, kq = z.split([H * P, 2 * H * K], dim=-1)
             a = v.new_zeros(*v.shape[:-1], H)
-            return a, a + self.config.lead_hopping, v, kq, gate
-        a_raw, t_raw, v, kq, gate = self.in_proj(x).split([H, H, *sizes], dim=-1)
-        return self.potential(a_raw, positions), torch.sigmoid(t_raw) * couple, v, kq, gate
+            return (a, a + self.config.lead_hopping, v, kq, gate), window
+        a_raw, t_raw, v, kq = z.split([H, H, H * P, 2 * H * K], dim=-1)
+        return (self.potential(a_raw, positions), torch.sigmoid(t_raw) * couple, v, kq, gate), window
 
     def potential(self, a_raw: Tensor, positions: Tensor) -> Tensor:
         """a = 3 tanh(W_a x / 3), plus the prime-bump potential at the tokens' positions when enabled."""
@@ -365,7 +392,8 @@ class ResNetBKGreenMixer(nn.Module):
         B, N, d = x.shape
         H, P, K = self.num_channels, self.channel_dim, self.key_dim
         # coupling between i-1 and i, decided by token i; padding contributes no values and cuts the coupling
-        a, t, v, kq, gate = self.chain_inputs(x, positions, mask_prev.unsqueeze(-1))
+        window = None if state is None else state.get("conv")
+        (a, t, v, kq, gate), window = self.chain_inputs(x, positions, mask_prev.unsqueeze(-1), mask, window)
         u, q = self.scanned_values(v, kq)
         u = u * mask[..., None, None]
         energy, eta = self.energy_eta()
@@ -393,6 +421,8 @@ class ResNetBKGreenMixer(nn.Module):
         new_state: Optional[dict[str, Tensor]] = None
         if return_state:
             new_state = {"g_re": g_re[:, -1], "g_im": g_im[:, -1], "y_re": y_re[:, -1], "y_im": y_im[:, -1]}
+            if window is not None:
+                new_state["conv"] = window
 
         if c.use_birman_schwinger:
             y_re, y_im = y_re * sqrt_v.unsqueeze(-1), y_im * sqrt_v.unsqueeze(-1)
@@ -454,7 +484,10 @@ class ResNetBKGreenMixer(nn.Module):
         c = self.config
         B, d = x.shape
         H, P, K = self.num_channels, self.channel_dim, self.key_dim
-        a, t, v, kq, gate = self.chain_inputs(x, positions, keep)
+        inputs, window = self.chain_inputs(x.unsqueeze(1), positions.unsqueeze(1), keep.unsqueeze(1), None, state.get("conv"))
+        a, t, v, kq, gate = (z.squeeze(1) for z in inputs)
+        if window is not None:
+            state["conv"] = window
         u, q = self.scanned_values(v, kq)
         if c.use_birman_schwinger:
             sqrt_v = a.abs().sqrt()
@@ -709,6 +742,13 @@ class ResNetBKPreTrainedModel(PreTrainedModel):
             energy, rho = module.initial_channel_parameters()
             init.copy_(module.energy, energy)
             init.copy_(module.rho, rho)
+        elif isinstance(module, ResNetBKCausalConv):
+            # the convolution starts as the identity (last tap 1, the others 0): at initialisation the mixer sees
+            # each position's own projections, as without it, and training learns what to take from before
+            identity = torch.zeros_like(module.weight)
+            identity[..., -1] = 1.0
+            init.copy_(module.weight, identity)
+            init.zeros_(module.bias)
         elif isinstance(module, ResNetBKMoE):
             init.normal_(module.w_in, mean=0.0, std=std)
             init.normal_(module.w_out, mean=0.0, std=std / math.sqrt(2 * self.config.n_layers))
