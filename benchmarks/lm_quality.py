@@ -448,8 +448,10 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
             f"{r['val_perplexity']:.2f} | {r['val_bits_per_byte']:.3f} | {r['train_tokens_per_s']:,.0f} | "
             f"{r.get('threads', args.threads)} | {r['peak_rss_mb']:,.0f} |"
         )
-    lines += ["", "Against the targets (ResNet-BK val loss <= the better baseline at every context; faster training "
-              "than both at the longest context):", ""]
+    compared = any(len({r["model"] for r in results if r["context"] == c}) > 1 for c in {r["context"] for r in results})
+    if compared:  # a run of ResNet-BK alone (--models resnet_bk) has no baseline to be measured against
+        lines += ["", "Against the targets (ResNet-BK val loss <= the better baseline at every context; faster training "
+                  "than both at the longest context):", ""]
     for ctx in sorted({r["context"] for r in results}):
         rows = {r["model"]: r for r in results if r["context"] == ctx}
         if "resnet_bk" not in rows or len(rows) < 2:
