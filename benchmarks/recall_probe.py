@@ -14,7 +14,8 @@ be made again::
     python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "epsilon": 0.001}' \
         --eta-low 0.0012 --decay-semiseparable 0 --seed 1                   # q.k weighted by channel 0's transmission
     python benchmarks/recall_probe.py '{"key_dim": 8, "epsilon": 0.001}' --eta-low 0.0012 --report-transmission
-    python benchmarks/recall_probe.py '{"key_dim": 8}' --selective-absorption  # eta per token, as Mamba's Delta
+    python benchmarks/recall_probe.py '{"key_dim": 8}' --selective-absorption  # eta per token, read out / sqrt(Im g)
+    python benchmarks/recall_probe.py '{"absorption": "token"}'              # the same eta per token, as the option
     python benchmarks/recall_probe.py '{"key_dim": 8, "epsilon": 1e-7}' --eta-low 1e-6 --energy 1 1 \
         --clean-chain both --lead 0.5 --raw-keys both --freeze-channels --unit-feature-scale  # band edge + lead: recalls
     python benchmarks/recall_probe.py '{"chain": "lead", "key_dim": 8}'      # the same, as the shipped option
@@ -198,14 +199,13 @@ def main() -> None:
         def selective(self, config):
             self.eta_proj = nn.Linear(config.d_model, self.num_channels)
             nn.init.zeros_(self.eta_proj.bias)
-            self.register_forward_pre_hook(lambda module, inputs: setattr(module, "_tokens", inputs[0]))
         after_init(selective)
         channel_eta = Mixer.energy_eta
 
-        def token_eta(self):
-            energy, _ = channel_eta(self)
+        def token_eta(self, x=None):  # the mixer's forward passes its tokens x
+            energy, eta = channel_eta(self)
             c = self.config
-            return energy, c.epsilon + F.softplus(self.rho + self.eta_proj(self._tokens))  # (B, N, H)
+            return energy, eta if x is None else c.epsilon + F.softplus(self.rho + self.eta_proj(x))  # (B, N, H)
         Mixer.energy_eta = token_eta
         Mixer.value_scale = lambda self, eta, g_im: torch.rsqrt(g_im)
 

@@ -341,12 +341,14 @@ GENERATION_TINY = dict(vocab_size=64, d_model=32, n_layers=2, num_channels=4, ch
                        n_seq=16)
 
 
-def random_conv_taps(model: Any, std: float = 0.5) -> Any:
-    """Draw the taps of every causal convolution (conv_width > 1) at random, as training leaves them: they start as
-    the identity, where the positions before would not matter and a check of them could not fail."""
+def random_option_weights(model: Any, std: float = 0.5) -> Any:
+    """Draw at random, as training leaves them, the weights of options that start out doing nothing, where a check
+    of them could not fail: the taps of every causal convolution (conv_width > 1; they start as the identity, so
+    the positions before would not matter) and the token's term of the absorption (absorption="token"; it starts
+    near zero, so every token would have its channel's eta)."""
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv1d):
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Conv1d) or name.endswith("absorb_proj"):
                 module.weight.normal_(0.0, std)
     return model
 
@@ -358,7 +360,7 @@ def context_lm(seed: int = 0, **options: Any) -> Any:
 
     torch.manual_seed(seed)
     config = ResNetBKConfig(**{**GENERATION_TINY, "initializer_range": 0.2, **options})
-    model = random_conv_taps(ResNetBKForCausalLM(config).eval())
+    model = random_option_weights(ResNetBKForCausalLM(config).eval())
     assert_context_dependent(model, GENERATION_TINY["vocab_size"])
     return model
 

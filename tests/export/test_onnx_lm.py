@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from checks import assert_context_dependent, assert_generates_like_reference, greedy_reference, random_conv_taps
+from checks import assert_context_dependent, assert_generates_like_reference, greedy_reference, random_option_weights
 from hubtrain.export import (
     OnnxGenerator,
     export_decode_step_to_onnx,
@@ -80,18 +80,22 @@ def test_resnet_bk_torchscript_keeps_the_scan_a_loop(tiny_resnet_bk, tmp_path):
         assert torch.allclose(scripted(ids), tiny_resnet_bk(ids).logits, atol=1e-4)
 
 
-def test_resnet_bk_lead_chain_exports_scan_decode_step_and_torchscript(tmp_path):
+# random weights wide enough that the greedy reference continuation varies (checked below)
+@pytest.mark.parametrize("options,std", [(dict(chain="lead", lead_eta_min=1e-3), 0.3), (dict(absorption="token"), 1.0)],
+                         ids=["lead", "token-eta"])
+def test_resnet_bk_options_export_scan_decode_step_and_torchscript(tmp_path, options, std):
     """chain="lead" starts from the lead's g*, not from zero: the exported scan, the decode step started from the
-    flat zero state, and the TorchScript loop must all carry that start to match PyTorch. With a causal convolution
-    (random taps), whose window the decode step carries as state."""
+    flat zero state, and the TorchScript loop must all carry that start to match PyTorch. absorption="token" gives
+    the scan one eta per position, which every exported form must scan with the other inputs. Both with keys and a
+    causal convolution (random taps), whose window the decode step carries as state."""
     from hubtrain.export import export_to_torchscript
     from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM
 
     torch.manual_seed(0)
     config = ResNetBKConfig(vocab_size=64, d_model=32, n_layers=2, num_channels=4, channel_dim=8, ffn_dim=32,
-                            num_experts=2, top_k=1, n_seq=32, initializer_range=0.2, chain="lead", key_dim=2,
-                            lead_eta_min=1e-3, conv_width=3)
-    model = random_conv_taps(ResNetBKForCausalLM(config).eval(), std=0.3)
+                            num_experts=2, top_k=1, n_seq=32, initializer_range=0.2, key_dim=2, conv_width=3,
+                            **options)
+    model = random_option_weights(ResNetBKForCausalLM(config).eval(), std=std)
     assert_context_dependent(model, 64)
     path = export_to_onnx(model, tmp_path / "lead.onnx")
     gen = torch.Generator().manual_seed(1)

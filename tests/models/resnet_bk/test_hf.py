@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import hubtrain.models.resnet_bk  # noqa: F401  (registers with the Auto classes)
-from checks import BLOCK_HUBTRAIN, GENERATION_TINY, assert_cached_generation_matches, context_lm, random_conv_taps
+from checks import BLOCK_HUBTRAIN, GENERATION_TINY, assert_cached_generation_matches, context_lm, random_option_weights
 from hubtrain.compat import output_cache
 from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM, ResNetBKModel
 from hubtrain.models.resnet_bk.modeling_resnet_bk import ResNetBKCache
@@ -39,17 +39,21 @@ STEP_OPTIONS = {k: v for k, v in ALL_OPTIONS.items() if not k.startswith("act") 
 # the clean chain with a lead excludes the options on the potential and on E; it has its own start state and keys
 LEAD_OPTIONS = dict(chain="lead", key_dim=2, lead_eta_min=1e-3, use_semiseparable=True, low_rank=4, num_experts=3,
                     top_k=2, conv_width=3)
+# absorption per token excludes the Birman-Schwinger sandwich and the ward read-out; everything else goes with it
+TOKEN_ETA_OPTIONS = dict(absorption="token", use_mourre=True, use_prime_bump=True, prime_bump_scale=0.5,
+                         use_semiseparable=True, low_rank=4, use_scattering_router=True, num_experts=3, top_k=2,
+                         key_dim=2, conv_width=3)
 
 
 def tiny_model(seed=0, **options) -> ResNetBKForCausalLM:
     torch.manual_seed(seed)
-    return random_conv_taps(ResNetBKForCausalLM(ResNetBKConfig(**{**TINY, **options})).eval())
+    return random_option_weights(ResNetBKForCausalLM(ResNetBKConfig(**{**TINY, **options})).eval())
 
 
 context_model = context_lm  # (**options): tiny_model(initializer_range=0.2), checked to use its context
 
 
-@pytest.mark.parametrize("options", [{}, ALL_OPTIONS, LEAD_OPTIONS], ids=["default", "all-options", "lead"])
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS], ids=["default", "all-options", "lead", "token-eta"])
 def test_causal_changing_later_tokens_leaves_earlier_logits_unchanged(options):
     model = tiny_model(**options)
     ids = torch.randint(0, 64, (2, 40))
@@ -99,7 +103,7 @@ def test_resize_token_embeddings_keeps_the_tie():
     assert model(torch.tensor([[79, 3, 5]])).logits.shape == (1, 3, 80)
 
 
-@pytest.mark.parametrize("options", [{}, ALL_OPTIONS, LEAD_OPTIONS], ids=["default", "all-options", "lead"])
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS], ids=["default", "all-options", "lead", "token-eta"])
 def test_activation_checkpointing_recomputes_each_block_with_the_same_loss_and_gradients(options):
     ids = torch.randint(0, 64, (2, 20))
     results = []
@@ -231,7 +235,7 @@ def test_remote_code_loads_without_hubtrain(tmp_path):
     assert torch.equal(got["hidden"], model.model(ids).last_hidden_state)
 
 
-@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, ALL_OPTIONS, LEAD_OPTIONS], ids=["default", "step-options", "all-options", "lead"])
+@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, ALL_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS], ids=["default", "step-options", "all-options", "lead", "token-eta"])
 def test_generate_with_cache_equals_generation_without_cache(options):
     model = context_model(**options)
     ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(2))
@@ -246,7 +250,7 @@ def test_generate_with_cache_equals_generation_without_cache(options):
         assert torch.equal(cached, recomputed), kwargs
 
 
-@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, ALL_OPTIONS, LEAD_OPTIONS], ids=["default", "step-options", "all-options", "lead"])
+@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, ALL_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS], ids=["default", "step-options", "all-options", "lead", "token-eta"])
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(options):
     model = context_model(pad_token_id=0, **options)
     prompts = [torch.randint(1, 64, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 8, 5)]
@@ -328,7 +332,7 @@ def test_huge_activations_give_the_float64_outputs_and_gradients():
             assert (p.grad.double() - q.grad).abs().max() <= 1e-4 * q.grad.abs().max(), name
 
 
-@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, LEAD_OPTIONS], ids=["default", "step-options", "lead"])
+@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS], ids=["default", "step-options", "lead", "token-eta"])
 def test_the_one_token_step_equals_the_general_path(options):
     """Decoding takes the fused step (no gradient, one token); with gradients on, the same call takes the general
     path: both give the same logits and the same next state."""

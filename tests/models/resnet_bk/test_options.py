@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from checks import OPTION_CONTRIBUTIONS, OPTION_TINY, check_option_contributes, option_model, random_conv_taps
+from checks import OPTION_CONTRIBUTIONS, OPTION_TINY, check_option_contributes, option_model, random_option_weights
 from hubtrain.models.resnet_bk import ResNetBKConfig
 from hubtrain.models.resnet_bk.modeling_resnet_bk import prime_bump_potential, semiseparable_scan
 
@@ -31,11 +31,14 @@ def capture_mixer(model, ids, layer=0):
 
 
 def dense_causal_rows(a, hop, E, eta):
-    """G^(i)[i, :i+1] for every i (list of complex128 rows), by inverting every prefix Hamiltonian."""
+    """G^(i)[i, :i+1] for every i (list of complex128 rows), by inverting every prefix Hamiltonian minus z, with
+    z = E + i eta (eta a number, or a tensor of one absorption per position: z_j = E + i eta_j on the diagonal)."""
     rows = []
     for i in range(a.shape[0]):
         Hm = torch.diag(a[: i + 1]) + torch.diag(hop[:i], 1) + torch.diag(hop[:i], -1)
-        G = torch.linalg.inv(Hm.to(torch.complex128) - complex(E, eta) * torch.eye(i + 1, dtype=torch.complex128))
+        absorb = eta[: i + 1].double() if torch.is_tensor(eta) else torch.full((i + 1,), float(eta), dtype=torch.float64)
+        z = torch.diag(torch.complex(torch.full_like(absorb, E), absorb))
+        G = torch.linalg.inv(Hm.to(torch.complex128) - z)
         rows.append(G[i])
     return rows
 
@@ -171,7 +174,7 @@ def test_conv_width_mixes_the_last_w_projections_and_starts_as_the_identity(chai
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, without(ids).logits, rtol=0, atol=1e-12)
         # drawn at random, the taps change the logits, and the inputs are the explicit sum
-        random_conv_taps(model)
+        random_option_weights(model)
         assert (model(ids).logits - without(ids).logits).abs().max() > 1e-3
         mixer, x, _ = capture_mixer(model, ids)
         N, d = x.shape[1], x.shape[-1]
@@ -351,6 +354,42 @@ def test_lead_chain_read_out_is_bounded_by_the_value_norm_through_the_ward_ident
     assert (y_abs / bound).max() > 0.1
 
 
+def test_token_absorption_is_a_diagonal_of_the_hamiltonian_and_keeps_the_read_out_below_the_value_norm():
+    """absorption="token": eta_ij = epsilon + softplus(rho_j + W_eta x_i) per token and channel, the features are
+    sqrt(eta_i) sum_j G^(i)[i, j] sqrt(eta_j) v_j and eta_i g_i with G^(i) the inverse of the dense prefix matrix
+    H^(i) - E - i diag(eta), and |sqrt(eta_i) y_i| <= ||v_{1..i}|| (sum_j eta_j |G[i, j]|^2 = Im g_i <= 1 / eta_i)
+    on huge inputs, nothing clamped. The absorption's weights are drawn wide, so eta varies from token to token."""
+    model = random_option_weights(tiny_model(absorption="token"))
+    ids = torch.randint(0, 64, (1, 12))
+    mixer, x, feats = capture_mixer(model, ids)
+    P, c = mixer.channel_dim, model.config
+    with torch.no_grad():
+        a, hop, v, E, _ = mixer_inputs(mixer, x)
+        eta = c.epsilon + torch.nn.functional.softplus(mixer.rho + mixer.absorb_proj(x[0]))  # (N, H)
+        assert (eta.max(0).values / eta.min(0).values).min() > 3  # every channel's eta moves with the token
+        for ch in range(mixer.num_channels):
+            rows = dense_causal_rows(a[:, ch], hop[:, ch], float(E[ch]), eta[:, ch])
+            for i, row in enumerate(rows):
+                w = (eta[: i + 1, ch].sqrt()[:, None] * v[: i + 1, ch]).to(torch.complex128)
+                expected = (row[:, None] * w).sum(0) * eta[i, ch].sqrt()
+                got = torch.complex(feats[0, i, ch, :P], feats[0, i, ch, P : 2 * P])
+                assert torch.allclose(got, expected, atol=1e-10), (ch, i)
+                g = torch.complex(feats[0, i, ch, 2 * P], feats[0, i, ch, 2 * P + 1])
+                assert torch.allclose(g, row[i] * eta[i, ch], atol=1e-10), (ch, i)
+    big = random_option_weights(tiny_model(absorption="token"))
+    with torch.no_grad():
+        big.model.embed_tokens.weight.mul_(100)
+    ids = torch.randint(0, 64, (2, 300))
+    mixer, xb, fb = capture_mixer(big, ids)
+    with torch.no_grad():
+        H = mixer.num_channels
+        v = mixer.in_proj(xb).split([H, H, H * P, xb.shape[-1]], -1)[2].view(2, 300, H, P)
+    v_norm = torch.sqrt(torch.cumsum((v**2).sum(-1), dim=1))
+    y_abs = torch.sqrt(fb[..., :P] ** 2 + fb[..., P : 2 * P] ** 2).norm(dim=-1)
+    assert torch.isfinite(fb).all() and (y_abs <= v_norm * (1 + 1e-9)).all()
+    assert (y_abs / v_norm).max() > 0.1  # the bound is approached, not vacuous
+
+
 def test_keyed_resolvent_contributes_what_the_plain_values_cannot():
     """The same model with and without keys differs only through the keyed state: zeroing keys' contribution (all
     queries orthogonal to all keys) removes the value read-out entirely."""
@@ -493,6 +532,10 @@ def test_dropout_p_is_applied_in_training_only():
         (dict(chain="lead", lead_eta_min=1.0), "lead_eta_min"),
         (dict(chain="lead", use_mourre=True), "use_mourre"),
         (dict(chain="lead", use_birman_schwinger=True), "use_birman_schwinger"),
+        (dict(absorption="position"), "absorption"),
+        (dict(absorption="token", chain="lead"), "chain='lead'"),
+        (dict(absorption="token", feature_norm="ward"), "feature_norm='ward'"),
+        (dict(absorption="token", use_birman_schwinger=True), "use_birman_schwinger=True"),
     ],
 )
 def test_bad_options_raise_errors_that_name_the_field(kwargs, field):

@@ -49,6 +49,12 @@ class ResNetBKConfig(PretrainedConfig):
         conv_width: 0 or 1 (default): each position's potential, hopping, values, keys and queries come from its own
             token. w > 1: from a depthwise causal convolution over the last w tokens' projections (Mamba's conv1d;
             the output gate stays the token's own), started as the identity; the cache keeps the last w - 1.
+        absorption: "channel" (default): each channel has one absorption eta, its memory length. "token": the token
+            sets it, eta_i = epsilon + softplus(rho + W_eta x_i) per channel and position (Mamba's input-dependent
+            Delta, as a non-Hermitian diagonal -i eta_i of the Hamiltonian): a token with a large eta_i is written
+            strongly and forgets the past, one with a small eta_i keeps it. Values are written with sqrt(eta_j) and
+            y read out with sqrt(eta_i), which the Ward identity sum_j eta_j |G[i, j]|^2 = Im g_i <= 1 / eta_i bounds
+            by the value norm. Needs chain="token", feature_norm="eta" and no Birman-Schwinger sandwich.
         lead_hopping: t of the lead chain, in (0, 1].
         lead_eta_min: the smallest eta of the lead chain's channels (the longest memory), in (0, 1).
         ffn_dim: hidden width of each expert (default 2 * d_model).
@@ -99,6 +105,7 @@ class ResNetBKConfig(PretrainedConfig):
     feature_norm: str | None = None
     chain: str = "token"
     conv_width: int = 0
+    absorption: str = "channel"
     lead_hopping: float = 0.5
     lead_eta_min: float = 1e-6
     ffn_dim: int | None = None
@@ -150,6 +157,16 @@ class ResNetBKConfig(PretrainedConfig):
             self.key_norm = "scaled" if lead else "unit"
         if self.feature_norm is None:
             self.feature_norm = "none" if lead else "eta"
+        if self.absorption not in ("channel", "token"):
+            raise ValueError(f"ResNetBKConfig: absorption={self.absorption!r} must be 'channel' or 'token'")
+        if self.absorption == "token":
+            clash = [f"{n}={getattr(self, n)!r}" for n, ok in (("chain", "token"), ("feature_norm", "eta"), ("use_birman_schwinger", False))
+                     if getattr(self, n) != ok]
+            if clash:
+                raise ValueError(
+                    f"ResNetBKConfig: absorption='token' needs chain='token', feature_norm='eta' and "
+                    f"use_birman_schwinger=False (its read-out bound is the Ward identity's), got {', '.join(clash)}"
+                )
         if self.key_norm not in ("unit", "scaled"):
             raise ValueError(f"ResNetBKConfig: key_norm={self.key_norm!r} must be 'unit' or 'scaled'")
         if self.feature_norm not in ("eta", "ward", "none"):

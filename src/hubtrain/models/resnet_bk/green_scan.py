@@ -50,8 +50,10 @@ def _check_shapes(a: Tensor, hop: Tensor, z_re: Tensor, z_im: Tensor, u_re: Tens
     if a.dim() != 3 or hop.shape != a.shape:
         raise ValueError(f"green_scan: a and hop must both be (B, N, H), got {tuple(a.shape)} and {tuple(hop.shape)}")
     H = a.shape[-1]
-    if z_re.shape != (H,) or z_im.shape != (H,):
-        raise ValueError(f"green_scan: z_re and z_im must be ({H},), got {tuple(z_re.shape)} and {tuple(z_im.shape)}")
+    if z_re.shape != (H,) or z_im.shape not in ((H,), a.shape):
+        raise ValueError(
+            f"green_scan: z_re must be ({H},) and z_im ({H},) or {tuple(a.shape)}, got {tuple(z_re.shape)} and {tuple(z_im.shape)}"
+        )
     if u_re.dim() != 4 or u_re.shape[:3] != a.shape:
         raise ValueError(f"green_scan: u_re must be (B, N, H, P) with (B, N, H) = {tuple(a.shape)}, got {tuple(u_re.shape)}")
     if u_im is not None and u_im.shape != u_re.shape:
@@ -69,7 +71,8 @@ def green_scan_step(
 ) -> GreenState:
     """Advance the scan by one position.
 
-    a, hop_prev: (B, H), where hop_prev couples the previous position to this one; u_re, u_im: (B, H, P)
+    a, hop_prev: (B, H), where hop_prev couples the previous position to this one; z_im: (H,) or this position's
+    absorption (B, H); u_re, u_im: (B, H, P)
     (u_im=None means real values); state: (g_re, g_im, y_re, y_im) of the previous position, or None at the
     first position.  Returns the state at this position, which is also this position's output.
     """
@@ -103,7 +106,8 @@ def green_scan_reference(
     outs = []
     for i in range(a.shape[1]):
         hop_prev = hop[:, i - 1] if i > 0 else torch.zeros_like(a[:, 0])
-        state = green_scan_step(a[:, i], hop_prev, z_re, z_im, u_re[:, i], None if u_im is None else u_im[:, i], state)
+        z_im_i = z_im if z_im.dim() == 1 else z_im[:, i]
+        state = green_scan_step(a[:, i], hop_prev, z_re, z_im_i, u_re[:, i], None if u_im is None else u_im[:, i], state)
         outs.append(state)
     return tuple(torch.stack([o[k] for o in outs], dim=1) for k in range(4))  # type: ignore[return-value]
 
@@ -114,11 +118,12 @@ def _green_scan_traceable(
     """The export form: ``green_scan_step`` looped by torch's ``scan`` operator over positions (t[:, i] = t_{i-1}).
 
     Without a state the first position sees t = 0, which makes its update the state-less one, so a zero state
-    is exactly the state before a sequence.
+    is exactly the state before a sequence.  The absorption is scanned with the other inputs, (B, N, H) always.
     """
     from torch._higher_order_ops.scan import scan
 
     B, N, H = a.shape
+    z_im = z_im.expand_as(a)
     if u_im is None:
         u_im = torch.zeros_like(u_re)
     if initial is None:
@@ -126,12 +131,12 @@ def _green_scan_traceable(
         initial = (zeros_g, zeros_g.clone(), zeros_y, zeros_y.clone())
 
     def body(carry: GreenState, xs: tuple[Tensor, ...]) -> tuple[GreenState, GreenState]:
-        a_i, t_i, ur_i, ui_i = xs
-        new = green_scan_step(a_i, t_i, z_re, z_im, ur_i, ui_i, carry)
+        a_i, t_i, zi_i, ur_i, ui_i = xs
+        new = green_scan_step(a_i, t_i, z_re, zi_i, ur_i, ui_i, carry)
         # scan requires carries and outputs that do not alias each other
         return tuple(x.clone() for x in new), tuple(x.clone() for x in new)  # type: ignore[return-value]
 
-    xs = tuple(x.transpose(0, 1) for x in (a, t, u_re, u_im))  # scan (and ONNX Scan) iterate over axis 0
+    xs = tuple(x.transpose(0, 1) for x in (a, t, z_im, u_re, u_im))  # scan (and ONNX Scan) iterate over axis 0
     _, outs = scan(body, tuple(initial), xs, dim=0)
     return tuple(o.transpose(0, 1) for o in outs)  # type: ignore[return-value]
 
@@ -139,13 +144,13 @@ def _green_scan_traceable(
 def _sequential_scan(a: Tensor, t: Tensor, z_re: Tensor, z_im: Tensor, u_re: Tensor, u_im: Tensor, g_re: Tensor,
                      g_im: Tensor, y_re: Tensor, y_im: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The TorchScript form: ``green_scan_step``'s update position after position, written for ``torch.jit.script``
-    (t[:, i] = t_{i-1}; the state is the one before the first position, zeros for a new sequence)."""
+    (t[:, i] = t_{i-1}, z_im (B, N, H); the state is the one before the first position, zeros for a new sequence)."""
     outs: List[List[Tensor]] = [[], [], [], []]
     for i in range(a.shape[1]):
         ti = t[:, i]
         t2 = ti * ti
         d_re = a[:, i] - z_re - t2 * g_re
-        d_im = (-z_im).expand_as(g_re) - t2 * g_im
+        d_im = -z_im[:, i] - t2 * g_im
         den = d_re * d_re + d_im * d_im
         g_re, g_im = d_re / den, -d_im / den
         w_re = u_re[:, i] - ti.unsqueeze(-1) * y_re
@@ -222,19 +227,21 @@ def _linear_scan(Ar: Tensor, Ai: Tensor, xr: Tensor, xi: Tensor, x0r: Optional[T
 
 
 def _g_scan(dr: Tensor, eta: Tensor, t2: Tensor, g0r: Optional[Tensor], g0i: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """g_k = 1 / (d_k - t2_k g_{k-1}) with d = dr - i eta, on laid-out (L, B, C, H) tensors; g before = g0."""
+    """g_k = 1 / (d_k - t2_k g_{k-1}) with d = dr - i eta, on laid-out (L, B, C, H) tensors; g before = g0.
+
+    eta: (H,) per channel, or laid out like dr: per position."""
     L, B, C, H = dr.shape
+    eta_ = eta.unbind(0) if eta.dim() == 4 else [eta] * L
     # each chunk's Moebius map g_in -> g_out: the transfer-matrix product Q = M_L ... M_1, M = [[0, 1], [-t2, d]],
     # rows stacked as (re, im of column 0, re, im of column 1) and renormalised every step (g is a ratio)
     sign = torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=dr.dtype, device=dr.device).view(4, 1, 1, 1)
-    eta4 = sign * eta
     swap = torch.tensor([1, 0, 3, 2], device=dr.device)
     row0 = dr.new_zeros(4, B, C, H)
     row0[2] = 1.0
-    row1 = torch.stack([-t2[0], torch.zeros_like(dr[0]), dr[0], (-eta).expand(B, C, H)])
+    row1 = torch.stack([-t2[0], torch.zeros_like(dr[0]), dr[0], (-eta_[0]).expand(B, C, H)])
     dr_, t2_ = dr.unbind(0), t2.unbind(0)
     for k in range(1, L):
-        new = (row1 * dr_[k]).addcmul_(row1.index_select(0, swap), eta4).addcmul_(row0, t2_[k], value=-1.0)
+        new = (row1 * dr_[k]).addcmul_(row1.index_select(0, swap), sign * eta_[k]).addcmul_(row0, t2_[k], value=-1.0)
         s = new.abs().amax(0)
         row0, row1 = row1.div_(s), new.div_(s)
     # g entering each chunk, one chunk at a time: g_in[c] = Q[c-1](g_in[c-1])
@@ -254,11 +261,10 @@ def _g_scan(dr: Tensor, eta: Tensor, t2: Tensor, g0r: Optional[Tensor], g0i: Opt
     # inside every chunk at once, the recurrence itself from the incoming g (contractive: stable in float32)
     g_re, g_im = torch.empty_like(dr), torch.empty_like(dr)
     gr, gi = gin_r.movedim(0, 1), gin_i.movedim(0, 1)
-    neg_eta = -eta
     gre_, gim_ = g_re.unbind(0), g_im.unbind(0)
     for k in range(L):
         d_re = dr_[k] - t2_[k] * gr
-        d_im = neg_eta - t2_[k] * gi
+        d_im = -eta_[k] - t2_[k] * gi
         den = d_re * d_re + d_im * d_im  # >= eta^2
         gr = torch.div(d_re, den, out=gre_[k])
         gi = torch.div(d_im, den, out=gim_[k]).neg_()
@@ -272,7 +278,8 @@ class _GreenScan(torch.autograd.Function):
     w_i = u_i - t_{i-1} y_{i-1}:
         lambda_i = Gy_i + conj(A_{i+1}) lambda_{i+1}                          (adjoint of y)
         mu_i     = Gg_i + sum_P conj(w_i) lambda_i + conj(k_{i+1}) mu_{i+1}     (adjoint of g)
-    and dL/du_i = conj(g_i) lambda_i, dL/da_i = Re(conj(-g_i^2) mu_i), dL/dz = sum conj(g_i^2) mu_i,
+    and dL/du_i = conj(g_i) lambda_i, dL/da_i = Re(conj(-g_i^2) mu_i), dL/dz = sum conj(g_i^2) mu_i (the summand
+    itself for an absorption per position),
     dL/dt_{i-1} = Re sum_P conj(-g_i y_{i-1}) lambda_i + 2 t_{i-1} Re(conj(g_i^2 g_{i-1}) mu_i),
     dL/dy_0 = conj(A_1) lambda_1, dL/dg_0 = conj(k_1) mu_1 for a continued state.
     """
@@ -282,7 +289,9 @@ class _GreenScan(torch.autograd.Function):
         B, N, H = a.shape
         C = -(-N // L)
         dr, tl = _lay(a - z_re, C, L), _lay(t, C, L)
-        gl_re, gl_im = _g_scan(dr, z_im, tl * tl, g0_re, g0_im)
+        # absorption per position is laid out too, padded with 1 (not 0) so the padding's g stays finite
+        eta = z_im if z_im.dim() == 1 else _lay(z_im - 1.0, C, L) + 1.0
+        gl_re, gl_im = _g_scan(dr, eta, tl * tl, g0_re, g0_im)
         ur = _lay(u_re, C, L)
         gr, gi = gl_re.unsqueeze(-1), gl_im.unsqueeze(-1)
         if u_im is None:
@@ -293,7 +302,7 @@ class _GreenScan(torch.autograd.Function):
         yl_re, yl_im = _linear_scan(-tl * gl_re, -tl * gl_im, br, bi, y0_re, y0_im)
         g_re, g_im, y_re, y_im = (_unlay(x, N) for x in (gl_re, gl_im, yl_re, yl_im))
         ctx.save_for_backward(t, u_re, u_im, g_re, g_im, y_re, y_im, g0_re, g0_im, y0_re, y0_im)
-        ctx.L = L
+        ctx.L, ctx.eta_per_position = L, z_im.dim() == 3
         return g_re, g_im, y_re, y_im
 
     @staticmethod
@@ -342,7 +351,8 @@ class _GreenScan(torch.autograd.Function):
         gd_im = -(g2_re * mi - g2_im * mr)
         h_re, h_im = g2_re * gp_re - g2_im * gp_im, g2_re * gp_im + g2_im * gp_re  # g_i^2 g_{i-1}
         grad_t = grad_t + 2 * t * (h_re * mr + h_im * mi)
-        grad_z_re, grad_z_im = -gd_re.sum((0, 1)), -gd_im.sum((0, 1))
+        grad_z_re = -gd_re.sum((0, 1))
+        grad_z_im = -gd_im if ctx.eta_per_position else -gd_im.sum((0, 1))
         grad_g0 = grad_y0 = (None, None)
         if y0_re is not None:  # conj(A_1) lambda_1 and conj(k_1) mu_1
             a1r, a1i = (-t[:, 0] * g_re[:, 0]).unsqueeze(-1), (-t[:, 0] * g_im[:, 0]).unsqueeze(-1)
@@ -369,7 +379,8 @@ def green_scan(
 
     Args:
         a: (B, N, H) potential.  hop: (B, N, H) hopping, hop[:, i] couples positions i and i+1 (hop[:, N-1] unused).
-        z_re, z_im: (H,) energy of each channel, z_im > 0.
+        z_re, z_im: (H,) energy of each channel, z_im > 0; z_im may also be (B, N, H), an absorption per position
+            (a non-Hermitian diagonal -i eta_i: |g_i| <= 1 / eta_i and sum_j eta_j |G[i, j]|^2 = Im g_i).
         u_re, u_im: (B, N, H, P) values (u_im=None for real values).
         chunk_size: positions per chunk (a speed knob; results do not depend on it).  None: about sqrt(N), which
             balances the steps inside chunks against the steps across them.
@@ -394,7 +405,7 @@ def green_scan(
     if torch.jit.is_tracing():
         zeros_g, zeros_y = a.new_zeros(B, H), u_re.new_zeros(B, H, u_re.shape[-1])
         g0_re, g0_im, y0_re, y0_im = initial if initial is not None else (zeros_g, zeros_g, zeros_y, zeros_y)
-        return _scripted_scan()(a, t, z_re, z_im, u_re, torch.zeros_like(u_re) if u_im is None else u_im,
+        return _scripted_scan()(a, t, z_re, z_im.expand_as(a), u_re, torch.zeros_like(u_re) if u_im is None else u_im,
                                 g0_re, g0_im, y0_re, y0_im)
     L = max(1, min(chunk_size if chunk_size is not None else max(8, math.isqrt(N)), N))
     g0, y0 = (None, None), (None, None)

@@ -230,6 +230,8 @@ class ResNetBKGreenMixer(nn.Module):
         if self.from_tokens:  # the lead chain's channels are fixed by the config (lead_channels)
             self.energy = nn.Parameter(torch.empty(H))
             self.rho = nn.Parameter(torch.empty(H))
+        if config.absorption == "token":  # each token adds to rho: its own absorption per channel
+            self.absorb_proj = nn.Linear(d, H)
         self.out_proj = nn.Linear(H * (2 * P + 2), d)
         if config.use_semiseparable:
             r = config.low_rank
@@ -249,15 +251,17 @@ class ResNetBKGreenMixer(nn.Module):
     def band_edge(self) -> float:
         return 2.0 * (1.0 - self.config.mourre_margin)
 
-    def energy_eta(self) -> tuple[Tensor, Tensor]:
-        """E and eta > 0 of every channel, as section 3 of the design note defines them."""
+    def energy_eta(self, x: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """E and eta > 0 of every channel, as section 3 of the design note defines them, (H,) each; under
+        absorption="token" and given the tokens x (..., d), eta of every token and channel (..., H)."""
         c = self.config
         if not self.from_tokens:
             energy, eta, _ = self.lead_channels()
             like = self.out_proj.weight
             return like.new_tensor(energy), like.new_tensor(eta)
         energy = self.band_edge() * torch.tanh(self.energy) if c.use_mourre else self.energy
-        eta = c.epsilon + F.softplus(self.rho) if c.use_lap else torch.exp(self.rho)
+        rho = self.rho if x is None or c.absorption == "channel" else self.rho + self.absorb_proj(x)
+        eta = c.epsilon + F.softplus(rho) if c.use_lap else torch.exp(rho)
         return energy, eta
 
     def lead_channels(self) -> tuple[list[float], list[float], list[complex]]:
@@ -396,7 +400,9 @@ class ResNetBKGreenMixer(nn.Module):
         (a, t, v, kq, gate), window = self.chain_inputs(x, positions, mask_prev.unsqueeze(-1), mask, window)
         u, q = self.scanned_values(v, kq)
         u = u * mask[..., None, None]
-        energy, eta = self.energy_eta()
+        energy, eta = self.energy_eta(x)
+        if c.absorption == "token":  # written with sqrt(eta_j), so that sqrt(eta_i) y_i is bounded (value_scale)
+            u = u * eta.sqrt().unsqueeze(-1)
         if c.use_birman_schwinger:
             sqrt_v = a.abs().sqrt()
             u = u * (torch.sign(a) * sqrt_v).unsqueeze(-1)
@@ -412,7 +418,8 @@ class ResNetBKGreenMixer(nn.Module):
             g_re, g_im, y_re, y_im = green_scan(a, hop, energy, eta, u, None, chunk_size=c.scan_chunk_size)
         else:  # continue from the cached (or the lead's) state: one step when decoding, the scan for longer inputs
             if N == 1:
-                g_re, g_im, y_re, y_im = (o.unsqueeze(1) for o in green_scan_step(a[:, 0], t[:, 0], energy, eta, u[:, 0], None, st))
+                eta_1 = eta if eta.dim() == 1 else eta[:, 0]
+                g_re, g_im, y_re, y_im = (o.unsqueeze(1) for o in green_scan_step(a[:, 0], t[:, 0], energy, eta_1, u[:, 0], None, st))
             else:
                 hop = F.pad(t[:, 1:], (0, 0, 0, 1))
                 g_re, g_im, y_re, y_im = green_scan(
@@ -451,7 +458,9 @@ class ResNetBKGreenMixer(nn.Module):
     def value_scale(self, eta: Tensor, g_im: Tensor) -> Tensor:
         """The factor on y before the output projection, (..., H); both bound the feature by the value norm.
 
-        "eta": eta * |y_i| <= ||u_{1..i}|| (Ward identity with Im g <= 1/eta).  "ward": sqrt(eta / Im g_i) * |y_i|
+        "eta": eta * |y_i| <= ||u_{1..i}|| (Ward identity with Im g <= 1/eta); under absorption="token", where the
+        values were written with sqrt(eta_j), sqrt(eta_i) |y_i| <= ||u_{1..i}|| (sum_j eta_j |G[i, j]|^2 = Im g_i
+        <= 1 / eta_i), which is the same factor eta when eta is constant.  "ward": sqrt(eta / Im g_i) * |y_i|
         <= ||u_{1..i}||, since sum_j |G[i, j]|^2 = Im g_i / eta (Ward identity and Cauchy-Schwarz): the weights
         of the past are normalised to unit energy, so a channel with a long memory (small eta) is not scaled
         down by its own eta.  Im g_i >= eta |g_i|^2 > 0, so the factor is finite.
@@ -460,16 +469,20 @@ class ResNetBKGreenMixer(nn.Module):
             return torch.sqrt(eta / g_im)
         if self.config.feature_norm == "none":
             return torch.ones_like(g_im)
+        if self.config.absorption == "token":
+            return eta.sqrt()
         return eta.expand_as(g_im)
 
     def step_constants(self) -> dict[str, Tensor]:
         """What a decoding step needs that does not depend on the token: E, eta, and the output projection with
         the features' eta scaling folded into its columns (out_proj(eta * f) = (W diag(eta)) f; under
-        feature_norm="ward" the value columns are left unscaled and the step scales y itself)."""
+        feature_norm="ward" the value columns are left unscaled and the step scales y itself, and under
+        absorption="token", where eta is the token's, the step scales every feature itself)."""
         energy, eta = self.energy_eta()
         P = self.channel_dim
-        y_scale = eta if self.config.feature_norm == "eta" else torch.ones_like(eta)
-        scale = torch.cat([y_scale.unsqueeze(-1).expand(-1, 2 * P), eta.unsqueeze(-1), eta.unsqueeze(-1)], dim=-1)
+        g_scale = eta if self.config.absorption == "channel" else torch.ones_like(eta)
+        y_scale = g_scale if self.config.feature_norm == "eta" else torch.ones_like(eta)
+        scale = torch.cat([y_scale.unsqueeze(-1).expand(-1, 2 * P), g_scale.unsqueeze(-1), g_scale.unsqueeze(-1)], dim=-1)
         return {"energy": energy, "eta": eta, "out_w": self.out_proj.weight * scale.reshape(1, -1)}
 
     def step(
@@ -489,13 +502,17 @@ class ResNetBKGreenMixer(nn.Module):
         if window is not None:
             state["conv"] = window
         u, q = self.scanned_values(v, kq)
+        eta = consts["eta"]
+        if c.absorption == "token":
+            eta = self.energy_eta(x)[1]
+            u = u * eta.sqrt().unsqueeze(-1)
         if c.use_birman_schwinger:
             sqrt_v = a.abs().sqrt()
             u = u * (torch.sign(a) * sqrt_v).unsqueeze(-1)
         prev = (state["g_re"], state["g_im"], state["y_re"], state["y_im"])
         if not self.from_tokens:
             prev = self.lead_state(prev, keep, B, u.shape[-1])
-        g_re, g_im, y_re, y_im = green_scan_step(a, t, consts["energy"], consts["eta"], u, None, prev)
+        g_re, g_im, y_re, y_im = green_scan_step(a, t, consts["energy"], eta, u, None, prev)
         state.update(g_re=g_re, g_im=g_im, y_re=y_re, y_im=y_im)
         if c.use_birman_schwinger:
             y_re, y_im = y_re * sqrt_v.unsqueeze(-1), y_im * sqrt_v.unsqueeze(-1)
@@ -508,9 +525,11 @@ class ResNetBKGreenMixer(nn.Module):
                 scale = torch.sqrt(thr2 / torch.maximum(bound2, bound2.new_tensor(thr2))).unsqueeze(-1)
                 y_re, y_im = y_re * scale, y_im * scale
         y_re, y_im = self.read_out(y_re, q), self.read_out(y_im, q)
-        if c.feature_norm == "ward":
-            e = self.value_scale(consts["eta"], g_im).unsqueeze(-1)
+        if c.feature_norm == "ward" or c.absorption == "token":
+            e = self.value_scale(eta, g_im).unsqueeze(-1)
             y_re, y_im = y_re * e, y_im * e
+        if c.absorption == "token":
+            g_re, g_im = g_re * eta, g_im * eta
         feats = torch.cat([y_re, y_im, g_re.unsqueeze(-1), g_im.unsqueeze(-1)], dim=-1).view(B, H * (2 * P + 2))
         out = F.linear(feats, consts["out_w"], self.out_proj.bias)
         if c.use_semiseparable:
