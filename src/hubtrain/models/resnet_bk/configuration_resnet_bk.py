@@ -160,8 +160,8 @@ class ResNetBKConfig(PretrainedConfig):
         if self.absorption not in ("channel", "token"):
             raise ValueError(f"ResNetBKConfig: absorption={self.absorption!r} must be 'channel' or 'token'")
         if self.absorption == "token":
-            clash = [f"{n}={getattr(self, n)!r}" for n, ok in (("chain", "token"), ("feature_norm", "eta"), ("use_birman_schwinger", False))
-                     if getattr(self, n) != ok]
+            needs = {"chain": "token", "feature_norm": "eta", "use_birman_schwinger": False}
+            clash = [f"{n}={getattr(self, n)!r}" for n, ok in needs.items() if getattr(self, n) != ok]
             if clash:
                 raise ValueError(
                     f"ResNetBKConfig: absorption='token' needs chain='token', feature_norm='eta' and "

@@ -102,8 +102,9 @@ class ResNetBKCache:
     """Recurrent state for generation: O(1) per layer, whatever the context length.
 
     Per layer: g and y of every channel (real and imaginary parts), and when enabled the semiseparable running
-    sum, the running max / sum of the Schatten bound and the causal convolution's window of conv_width - 1 inputs.  Per row: the number of real tokens seen (positions of
-    the prime-bump potential) and whether the last position was a real token (padding cuts the coupling).
+    sum, the running max / sum of the Schatten bound and the causal convolution's window of conv_width - 1
+    inputs.  Per row: the number of real tokens seen (positions of the prime-bump potential) and whether the last
+    position was a real token (padding cuts the coupling).
     """
 
     is_compileable = False
