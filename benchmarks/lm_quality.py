@@ -32,6 +32,7 @@ import resource
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -474,10 +475,11 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, command: str
     for ax, ctx in zip(axes[0], contexts):
         for r in (r for r in results if r["context"] == ctx):
             xs, ys = zip(*r["curve"])
-            ax.plot(xs, ys, marker="o", label=f"{label(r)} ({r['non_embedding_parameters'] / 1e6:.2f}M)")
+            name = textwrap.fill(f"{label(r)} ({r['non_embedding_parameters'] / 1e6:.2f}M)", 48)  # long variant names
+            ax.plot(xs, ys, marker="o", label=name)
         ax.set(title=f"context {ctx}", xlabel="training tokens", ylabel="validation loss (nats/token)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(args.out / f"{stem}.png", dpi=110)
     plt.close(fig)
