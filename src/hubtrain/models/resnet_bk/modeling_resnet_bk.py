@@ -74,6 +74,11 @@ def semiseparable_scan(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] 
     q, k: (B, N, r), v: (B, N, s), state: (B, r, s) sum of k v^T over earlier tokens (or None).
     Returns (out (B, N, s), new state (B, r, s)).
     """
+    if torch.compiler.is_exporting() or torch.jit.is_tracing():  # chunks would fix the traced length: running sums
+        states = torch.cumsum(k.unsqueeze(-1) * v.unsqueeze(-2), dim=1)  # (B, N, r, s), still O(N r s)
+        if state is not None:
+            states = states + state.unsqueeze(1)
+        return (q.unsqueeze(-2) @ states).squeeze(-2), states[:, -1]
     B, N, r = q.shape
     s = v.shape[-1]
     L = min(chunk_size, N)
