@@ -81,7 +81,8 @@ def test_resnet_bk_torchscript_keeps_the_scan_a_loop(tiny_resnet_bk, tmp_path):
 
 
 # random weights wide enough that the greedy reference continuation varies (checked below)
-@pytest.mark.parametrize("options,std", [(dict(chain="lead", lead_eta_min=1e-3), 0.3), (dict(absorption="token", use_semiseparable=True, low_rank=4), 1.0)],
+@pytest.mark.parametrize("options,std", [(dict(chain="lead", lead_eta_min=1e-3), 0.3),
+                                         (dict(absorption="token", use_semiseparable=True, low_rank=4), 1.0)],
                          ids=["lead", "token-eta"])
 def test_resnet_bk_options_export_scan_decode_step_and_torchscript(tmp_path, options, std):
     """chain="lead" starts from the lead's g*, not from zero: the exported scan, the decode step started from the
