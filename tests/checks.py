@@ -118,6 +118,8 @@ def save_with_char_tokenizer(model: Any, folder: Any) -> Any:
 # config fields that remove only its contribution from a copy with the same parameters
 OPTION_CONTRIBUTIONS = {
     "semiseparable": (dict(use_semiseparable=True, low_rank=4), dict(use_semiseparable=False)),
+    "semiseparable_decay": (dict(use_semiseparable=True, low_rank=4, semiseparable_decay_heads=2),
+                            dict(semiseparable_decay_heads=0)),
     "birman_schwinger": (dict(use_birman_schwinger=True, schatten_threshold=0.5), dict(use_birman_schwinger=False)),
     "prime_bump": (dict(use_prime_bump=True, prime_bump_scale=0.5), dict(use_prime_bump=False)),
     # 3 layers, halting after about two: the halted tokens keep their state for the last layer
@@ -344,11 +346,11 @@ GENERATION_TINY = dict(vocab_size=64, d_model=32, n_layers=2, num_channels=4, ch
 def random_option_weights(model: Any, std: float = 0.5) -> Any:
     """Draw at random, as training leaves them, the weights of options that start out doing nothing, where a check
     of them could not fail: the taps of every causal convolution (conv_width > 1; they start as the identity, so
-    the positions before would not matter) and the token's term of the absorption (absorption="token"; it starts
-    near zero, so every token would have its channel's eta)."""
+    the positions before would not matter), the token's term of the absorption (absorption="token"; it starts
+    near zero, so every token would have its channel's eta) and of the semiseparable term's decay (likewise)."""
     with torch.no_grad():
         for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Conv1d) or name.endswith("absorb_proj"):
+            if isinstance(module, torch.nn.Conv1d) or name.endswith(("absorb_proj", "ss_decay")):
                 module.weight.normal_(0.0, std)
     return model
 

@@ -81,15 +81,19 @@ def test_resnet_bk_torchscript_keeps_the_scan_a_loop(tiny_resnet_bk, tmp_path):
 
 
 # random weights wide enough that the greedy reference continuation varies (checked below)
-@pytest.mark.parametrize("options,std", [(dict(chain="lead", lead_eta_min=1e-3), 0.3),
-                                         (dict(absorption="token", use_semiseparable=True, low_rank=4), 1.0)],
-                         ids=["lead", "token-eta"])
+TOKEN_SS = dict(absorption="token", use_semiseparable=True, low_rank=4)
+
+
+@pytest.mark.parametrize("options,std", [(dict(chain="lead", lead_eta_min=1e-3), 0.3), (TOKEN_SS, 1.0),
+                                         ({**TOKEN_SS, "semiseparable_decay_heads": 2}, 1.0)],
+                         ids=["lead", "token-eta", "token-eta-decay"])
 def test_resnet_bk_options_export_scan_decode_step_and_torchscript(tmp_path, options, std):
     """chain="lead" starts from the lead's g*, not from zero: the exported scan, the decode step started from the
     flat zero state, and the TorchScript loop must all carry that start to match PyTorch. absorption="token" gives
     the scan one eta per position, which every exported form must scan with the other inputs; with it the
-    semiseparable term, whose k v^T sum the decode step carries as state (the shape docs 7.6 recommends). Both with
-    keys and a causal convolution (random taps), whose window the decode step carries as state."""
+    semiseparable term, whose k v^T sum the decode step carries as state (the shape docs 7.6 recommends), undecayed
+    and decayed per token (its export scans the one-token step; its trace scripts a loop). All with keys and a
+    causal convolution (random taps), whose window the decode step carries as state."""
     from hubtrain.export import export_to_torchscript
     from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM
 

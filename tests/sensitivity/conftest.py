@@ -4,8 +4,8 @@ that guards the claim can be run on the broken code; nothing outlives the test.
 - ``mixer_output_zeroed``: the Green's-function mixer adds nothing (no token mixing at all).
 - ``cache_dropped``: every forward ignores the cache it is given, so decoding restarts from the new token.
 - ``scan_first_position``: the scan computes every position as if it were the first (no hopping, no carried state).
-- ``semiseparable_removed``, ``birman_schwinger_removed``, ``prime_bump_removed``, ``act_removed``: that option's
-  contribution is gone while its parameters and config stay.
+- ``semiseparable_removed``, ``semiseparable_decay_removed``, ``birman_schwinger_removed``, ``prime_bump_removed``,
+  ``act_removed``: that option's contribution is gone while its parameters and config stay.
 - ``segmentation_head_constant``, ``detection_head_constant``: the heads see zeros instead of the features, so their
   output is the same for every image (still trainable: the best constant they can learn).
 - ``onnx_optimiser_copies``: ``optimize_onnx_model`` copies the input file.
@@ -72,11 +72,19 @@ def semiseparable_removed(monkeypatch):
 
     scan = modeling_resnet_bk.semiseparable_scan
 
-    def nothing(q, k, v, state=None, chunk_size=64):
-        out, new_state = scan(q, k, v, state, chunk_size)
+    def nothing(q, k, v, state=None, chunk_size=64, log_decay=None):
+        out, new_state = scan(q, k, v, state, chunk_size, log_decay)
         return torch.zeros_like(out), new_state
 
     monkeypatch.setattr(modeling_resnet_bk, "semiseparable_scan", nothing)
+
+
+@pytest.fixture
+def semiseparable_decay_removed(monkeypatch):
+    """The semiseparable term runs undecayed: values written as they are, nothing forgotten."""
+    from hubtrain.models.resnet_bk.modeling_resnet_bk import ResNetBKGreenMixer
+
+    monkeypatch.setattr(ResNetBKGreenMixer, "semiseparable_decay", lambda self, x, v, mask: (v, None))
 
 
 @pytest.fixture

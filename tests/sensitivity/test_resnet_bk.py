@@ -79,8 +79,8 @@ def test_scan_reference_check_fails_when_the_scan_is_its_first_position(broken, 
         assert_matches_scan_reference(inputs, outputs)
 
 
-BREAKAGE_OF = {"semiseparable": "semiseparable_removed", "birman_schwinger": "birman_schwinger_removed",
-               "prime_bump": "prime_bump_removed", "act": "act_removed"}
+BREAKAGE_OF = {"semiseparable": "semiseparable_removed", "semiseparable_decay": "semiseparable_decay_removed",
+               "birman_schwinger": "birman_schwinger_removed", "prime_bump": "prime_bump_removed", "act": "act_removed"}
 
 
 @pytest.mark.parametrize("broken", [False, True], ids=["intact", "broken"])

@@ -39,10 +39,11 @@ STEP_OPTIONS = {k: v for k, v in ALL_OPTIONS.items() if not k.startswith("act") 
 # the clean chain with a lead excludes the options on the potential and on E; it has its own start state and keys
 LEAD_OPTIONS = dict(chain="lead", key_dim=2, lead_eta_min=1e-3, use_semiseparable=True, low_rank=4, num_experts=3,
                     top_k=2, conv_width=3)
-# absorption per token excludes the Birman-Schwinger sandwich and the ward read-out; everything else goes with it
+# absorption per token excludes the Birman-Schwinger sandwich and the ward read-out; everything else goes with it,
+# and the semiseparable term here is the decayed one
 TOKEN_ETA_OPTIONS = dict(absorption="token", use_mourre=True, use_prime_bump=True, prime_bump_scale=0.5,
-                         use_semiseparable=True, low_rank=4, use_scattering_router=True, num_experts=3, top_k=2,
-                         key_dim=2, conv_width=3)
+                         use_semiseparable=True, low_rank=4, semiseparable_decay_heads=2, use_scattering_router=True,
+                         num_experts=3, top_k=2, key_dim=2, conv_width=3)
 
 
 def tiny_model(seed=0, **options) -> ResNetBKForCausalLM:

@@ -160,6 +160,90 @@ def test_semiseparable_term_equals_dense_masked_qk_v_and_continues_from_its_stat
     assert expected.abs().max() > 0.1 * out.abs().max() and torch.allclose(added, expected, atol=1e-12)
 
 
+def decayed_reference(q, k, v, gamma, state=None):
+    """The decayed semiseparable term by its definition, one token at a time: S_i = gamma_i S_{i-1} + k_i v_i^T per
+    head (gamma (B, N, h), each head a contiguous block of the value dims), out_i = q_i S_i."""
+    B, N, r = q.shape
+    h, p = gamma.shape[-1], v.shape[-1] // gamma.shape[-1]
+    S = torch.zeros(B, r, v.shape[-1], dtype=q.dtype) if state is None else state.clone()
+    outs = []
+    for i in range(N):
+        for head in range(h):
+            block = slice(head * p, (head + 1) * p)
+            S[:, :, block] = gamma[:, i, head, None, None] * S[:, :, block] + k[:, i, :, None] * v[:, i, None, block]
+        outs.append(torch.einsum("br,brs->bs", q[:, i], S))
+    return torch.stack(outs, 1), S
+
+
+def test_decayed_semiseparable_term_equals_its_recurrence_at_every_chunk_size_and_continues_from_its_state():
+    """semiseparable_decay_heads: head h forgets its sum of k v^T by gamma_i^h at every token.  The chunked scan
+    (every chunk size, lengths that do not fill the last chunk), a continuation from its state and the one-token
+    step all equal the recurrence, and the decay matters: without it the output is far from the reference."""
+    from hubtrain.models.resnet_bk.modeling_resnet_bk import semiseparable_step
+
+    torch.manual_seed(0)
+    B, N, r, s, h = 2, 150, 5, 6, 3
+    q, k, v = torch.randn(B, N, r, dtype=torch.float64), torch.randn(B, N, r, dtype=torch.float64), torch.randn(B, N, s, dtype=torch.float64)
+    log_decay = -torch.rand(B, N, h, dtype=torch.float64) * torch.tensor([0.01, 0.3, 3.0], dtype=torch.float64)
+    reference, final = decayed_reference(q, k, v, log_decay.exp())
+    undecayed, _ = semiseparable_scan(q, k, v)
+    assert (undecayed - reference).abs().max() > 0.5 * reference.abs().max()  # the comparison can fail
+    for chunk_size in (1, 16, 64, 200):
+        out, state = semiseparable_scan(q, k, v, chunk_size=chunk_size, log_decay=log_decay)
+        assert torch.allclose(out, reference, atol=1e-10) and torch.allclose(state, final, atol=1e-10)
+    first, st = semiseparable_scan(q[:, :70], k[:, :70], v[:, :70], chunk_size=16, log_decay=log_decay[:, :70])
+    second, st2 = semiseparable_scan(q[:, 70:], k[:, 70:], v[:, 70:], st, chunk_size=16, log_decay=log_decay[:, 70:])
+    assert torch.allclose(torch.cat([first, second], 1), reference, atol=1e-10) and torch.allclose(st2, final, atol=1e-10)
+    state, steps = torch.zeros(B, r, s, dtype=torch.float64), []
+    for i in range(N):
+        out, state = semiseparable_step(q[:, i], k[:, i], v[:, i], state, log_decay[:, i])
+        steps.append(out)
+    assert torch.allclose(torch.stack(steps, 1), reference, atol=1e-10) and torch.allclose(state, final, atol=1e-10)
+
+
+def test_decayed_semiseparable_term_in_the_mixer_is_bounded_independently_of_the_length():
+    """In the mixer each token sets gamma_i = exp(-softplus(W x_i + b)) per head and writes its values with
+    1 - gamma_i, so each head's sum is a convex combination of k_j v_j^T and |out_i| <= |q_i| max_{j<=i} |k_j| |v_j|
+    (head by head), over 20,000 tokens; the undecayed sum of the same q, k, v passes that bound many times over.
+    The mixer's term equals ss_out of the recurrence on those inputs, gated."""
+    model = random_option_weights(tiny_model(use_semiseparable=True, low_rank=4, semiseparable_decay_heads=2,
+                                             initializer_range=0.2))
+    mixer = model.model.layers[0].mixer
+    r, h = 4, 2
+    x = torch.randn(1, 20000, TINY["d_model"], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        q, k, v = mixer.ss_proj(x).split([r, r, r], -1)
+        written, log_decay = mixer.semiseparable_decay(x, v, None)
+        gamma = torch.exp(-torch.nn.functional.softplus(mixer.ss_decay(x)))
+        assert torch.allclose(log_decay.exp(), gamma, atol=1e-14)
+        assert torch.allclose(written, v * (1 - gamma).repeat_interleave(r // h, -1), atol=1e-14)
+        assert gamma.min() < 0.1 and gamma.max() > 0.99  # the tokens choose: from forgetting to keeping
+        out, _ = semiseparable_scan(q, k, written, log_decay=log_decay)
+        plain, _ = semiseparable_scan(q, k, v)
+    for head in range(h):
+        block = slice(head * r // h, (head + 1) * r // h)
+        bound = q.norm(dim=-1) * torch.cummax(k.norm(dim=-1) * v[..., block].norm(dim=-1), dim=1).values
+        assert (out[..., block].norm(dim=-1) <= bound * (1 + 1e-12)).all()
+        assert (plain[..., block].norm(dim=-1) / bound).max() > 10  # the same check fails without the decay
+
+    # the mixer's output minus that of the same mixer without the term: the gated ss_out of the recurrence
+    mixer, x, _ = capture_mixer(model, torch.randint(0, 64, (1, 12)))
+    without = copy.deepcopy(mixer)
+    without.config.use_semiseparable = False
+    N = x.shape[1]
+    mask, positions = torch.ones(1, N, dtype=x.dtype), torch.arange(1, N + 1).view(1, N)
+    mask_prev = torch.cat([torch.zeros(1, 1, dtype=x.dtype), mask[:, 1:]], 1)
+    with torch.no_grad():
+        out = mixer(x, mask, mask_prev, positions)[0]
+        added = out - without(x, mask, mask_prev, positions)[0]
+        q, k, v = mixer.ss_proj(x).split([r, r, r], -1)
+        gamma = torch.exp(-torch.nn.functional.softplus(mixer.ss_decay(x)))
+        ss, _ = decayed_reference(q / r**0.5, k, v * (1 - gamma).repeat_interleave(r // h, -1), gamma)
+        gate = mixer.in_proj(x)[..., -x.shape[-1] :]
+        expected = mixer.ss_out(ss) * torch.nn.functional.silu(gate)
+    assert expected.abs().max() > 0.01 * out.abs().max() and torch.allclose(added, expected, atol=1e-12)
+
+
 @pytest.mark.parametrize("chain", ["token", "lead"])
 def test_conv_width_mixes_the_last_w_projections_and_starts_as_the_identity(chain):
     """conv_width=w: the chain's inputs at i come from sum_s W[:, w-1-s] z_{i-s} + b over the projections z of the
@@ -536,6 +620,9 @@ def test_dropout_p_is_applied_in_training_only():
         (dict(absorption="token", chain="lead"), "chain='lead'"),
         (dict(absorption="token", feature_norm="ward"), "feature_norm='ward'"),
         (dict(absorption="token", use_birman_schwinger=True), "use_birman_schwinger=True"),
+        (dict(semiseparable_decay_heads=-1), "semiseparable_decay_heads=-1"),
+        (dict(semiseparable_decay_heads=2), "use_semiseparable=True"),
+        (dict(use_semiseparable=True, low_rank=6, semiseparable_decay_heads=4), "low_rank=6"),
     ],
 )
 def test_bad_options_raise_errors_that_name_the_field(kwargs, field):

@@ -72,6 +72,10 @@ class ResNetBKConfig(PretrainedConfig):
             instead of a learned top-k router with a load-balancing loss.
         router_aux_loss_coef: weight of the load-balancing loss of the learned router in the training loss.
         use_semiseparable, low_rank: add a causal rank-`low_rank` semiseparable term tril(Q K^T) V to the mixer.
+        semiseparable_decay_heads: 0 (default) keeps that term's running sum of k v^T undecayed; h > 0 splits its
+            values into h heads, each forgetting its sum by gamma_i = exp(-delta_i) per token, with delta_i =
+            softplus(W x_i + b) set by the token and values written with 1 - gamma_i, so that every head's sum is a
+            convex combination of k v^T and the term is bounded independently of the length (Mamba-2's form).
         use_act, act_halt_threshold, act_ponder_weight: adaptive computation time across layers; a token stops
             being updated once its cumulative halting probability reaches 1 - act_halt_threshold, and
             act_ponder_weight times the ponder cost is added to the loss.
@@ -123,6 +127,7 @@ class ResNetBKConfig(PretrainedConfig):
     k_max: int = 3
     use_semiseparable: bool = False
     low_rank: int = 16
+    semiseparable_decay_heads: int = 0
     use_act: bool = False
     act_halt_threshold: float = 0.01
     act_ponder_weight: float = 0.01
@@ -182,6 +187,19 @@ class ResNetBKConfig(PretrainedConfig):
                     f"ResNetBKConfig: chain='lead' is a clean chain at a fixed energy, and {', '.join(clash)} acts "
                     "on the potential or on E; set them to False or use chain='token'"
                 )
+        heads = self.semiseparable_decay_heads
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 0:
+            raise ValueError(f"ResNetBKConfig: semiseparable_decay_heads={heads!r} must be an integer >= 0 (0: undecayed)")
+        if heads and not self.use_semiseparable:
+            raise ValueError(
+                f"ResNetBKConfig: semiseparable_decay_heads={heads} decays the semiseparable term; set "
+                "use_semiseparable=True or semiseparable_decay_heads=0"
+            )
+        if heads and self.low_rank % heads:
+            raise ValueError(
+                f"ResNetBKConfig: semiseparable_decay_heads={heads} must divide low_rank={self.low_rank} (the heads "
+                "split the term's values)"
+            )
         if self.ffn_dim is None:
             self.ffn_dim = 2 * self.d_model
         elif isinstance(self.ffn_dim, bool) or not isinstance(self.ffn_dim, int) or self.ffn_dim < 1:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import cmath
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -68,13 +69,20 @@ def prime_bump_potential(positions: Tensor, k_max: int) -> Tensor:
     return _prime_bump_table(n, k_max).to(positions.device)[positions.long()]
 
 
-def semiseparable_scan(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = None, chunk_size: int = 64):
-    """out_i = sum_{j <= i} (q_i . k_j) v_j = (tril(Q K^T) V)_i, in O(N r) with running sums of k_j v_j^T.
+def semiseparable_scan(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] = None, chunk_size: int = 64,
+                       log_decay: Optional[Tensor] = None):
+    """out_i = sum_{j <= i} (q_i . k_j) w_ij v_j: the causal semiseparable term, O(N) with running sums of k_j v_j^T.
 
-    q, k: (B, N, r), v: (B, N, s), state: (B, r, s) sum of k v^T over earlier tokens (or None).
+    Undecayed (log_decay None), w_ij = 1 and out = tril(Q K^T) V.  With log_decay (B, N, h) <= 0 the value dims
+    split into h heads, and head h forgets its sum by gamma_l = exp(log_decay[:, l, h]) at every token:
+    w_ij = prod_{j < l <= i} gamma_l, S_i = gamma_i S_{i-1} + k_i v_i^T (Mamba-2's scalar-decay form).
+    q, k: (B, N, r), v: (B, N, s), state: (B, r, s) the sum S before the first token (or None).
     Returns (out (B, N, s), new state (B, r, s)).
     """
-    if torch.compiler.is_exporting() or torch.jit.is_tracing():  # chunks would fix the traced length: running sums
+    exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()
+    if log_decay is not None:
+        return _decayed_semiseparable_scan(q, k, v, log_decay, state, chunk_size, exporting)
+    if exporting:  # chunks would fix the traced length: running sums
         states = torch.cumsum(k.unsqueeze(-1) * v.unsqueeze(-2), dim=1)  # (B, N, r, s), still O(N r s)
         if state is not None:
             states = states + state.unsqueeze(1)
@@ -97,6 +105,74 @@ def semiseparable_scan(q: Tensor, k: Tensor, v: Tensor, state: Optional[Tensor] 
     out = (intra + qc @ before).reshape(B, C * L, s)[:, :N]
     new_state = totals[:, -1] if state is None else state + totals[:, -1]
     return out, new_state
+
+
+def semiseparable_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Optional[Tensor] = None):
+    """One token of the semiseparable term: S <- gamma S + k v^T, out = q S.  q, k: (B, r), v: (B, s),
+    state: (B, r, s), log_decay: (B, h) or None (undecayed).  Returns (out (B, s), new state (B, r, s))."""
+    if log_decay is not None:
+        B, r, s = state.shape
+        h = log_decay.shape[-1]
+        state = (state.view(B, r, h, s // h) * torch.exp(log_decay).view(B, 1, h, 1)).view(B, r, s)
+    state = state + k.unsqueeze(-1) * v.unsqueeze(-2)
+    return (q.unsqueeze(-2) @ state).squeeze(-2), state
+
+
+def _decayed_semiseparable_sequential(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Tensor):
+    """The TorchScript form of the decayed term: ``semiseparable_step`` token after token, a loop over any length."""
+    outs: List[Tensor] = []
+    for i in range(q.shape[1]):
+        out, state = semiseparable_step(q[:, i], k[:, i], v[:, i], state, log_decay[:, i])
+        outs.append(out)
+    return torch.stack(outs, 1), state
+
+
+@functools.cache
+def _scripted_decayed_semiseparable():
+    return torch.jit.script(_decayed_semiseparable_sequential)  # compiled on first trace, not at import
+
+
+def _decayed_semiseparable_scan(q: Tensor, k: Tensor, v: Tensor, log_decay: Tensor, state: Optional[Tensor],
+                                chunk_size: int, exporting: bool):
+    """Chunks of L tokens: inside a chunk the (L, L) decay mask exp(Lambda_i - Lambda_j) (Lambda the running sum
+    of log_decay, masked before the exponential so nothing overflows), across chunk ends the state one chunk at a
+    time.  Exports run ``semiseparable_step`` under torch's ``scan`` operator, traces a scripted loop."""
+    B, N, r = q.shape
+    s, h = v.shape[-1], log_decay.shape[-1]
+    p = s // h
+    S0 = q.new_zeros(B, r, s) if state is None else state
+    if torch.jit.is_tracing():
+        return _scripted_decayed_semiseparable()(q, k, v, log_decay, S0)
+    if exporting:
+        from torch._higher_order_ops.scan import scan
+
+        def body(carry: Tensor, xs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+            out, new = semiseparable_step(xs[0], xs[1], xs[2], carry, xs[3])
+            return new.clone(), out.clone()  # scan requires carries and outputs that do not alias each other
+
+        final, outs = scan(body, S0, tuple(x.transpose(0, 1) for x in (q, k, v, log_decay)), dim=0)
+        return outs.transpose(0, 1), final
+    L = min(chunk_size, N)
+    C = -(-N // L)
+    pad = C * L - N
+    if pad:  # padded tokens write nothing and forget nothing (gamma = 1)
+        q, k, v, log_decay = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v, log_decay))
+    qc, kc, vc = q.view(B, C, L, r), k.view(B, C, L, r), v.view(B, C, L, h, p)
+    lam = torch.cumsum(log_decay.view(B, C, L, h), dim=2)  # (B, C, L, h)
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril().unsqueeze(-1)
+    w = torch.exp((lam.unsqueeze(3) - lam.unsqueeze(2)).masked_fill(~causal, -math.inf))  # (B, C, L_i, L_j, h)
+    intra = torch.einsum("bcij,bcijh,bcjhp->bcihp", qc @ kc.transpose(-1, -2), w, vc)
+    to_end = torch.exp(lam[:, :, -1:] - lam)  # decay from each token to its chunk's end
+    chunk_states = torch.einsum("bcjr,bcjh,bcjhp->bchrp", kc, to_end, vc)
+    chunk_decay = torch.exp(lam[:, :, -1])[..., None, None]  # (B, C, h, 1, 1)
+    S = S0.view(B, r, h, p).transpose(1, 2)  # (B, h, r, p)
+    before = []
+    for c in range(C):
+        before.append(S)
+        S = chunk_decay[:, c] * S + chunk_states[:, c]
+    inter = torch.einsum("bcir,bchrp->bcihp", qc, torch.stack(before, 1)) * torch.exp(lam).unsqueeze(-1)
+    out = (intra + inter).reshape(B, C * L, s)[:, :N]
+    return out, S.transpose(1, 2).reshape(B, r, s)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,6 +319,8 @@ class ResNetBKGreenMixer(nn.Module):
             r = config.low_rank
             self.ss_proj = nn.Linear(d, 3 * r, bias=False)
             self.ss_out = nn.Linear(r, d, bias=False)
+            if config.semiseparable_decay_heads:  # each token sets how much of every head's sum to keep
+                self.ss_decay = nn.Linear(d, config.semiseparable_decay_heads)
 
     # E spread over [-1, 1] and eta log-spaced from ~0.06 to ~1: several memory lengths from the start
     def initial_channel_parameters(self) -> tuple[Tensor, Tensor]:
@@ -453,13 +531,27 @@ class ResNetBKGreenMixer(nn.Module):
             r = c.low_rank
             q, k, vv = self.ss_proj(x).split([r, r, r], dim=-1)
             k = k * mask.unsqueeze(-1)
-            ss, ss_state = semiseparable_scan(q * r**-0.5, k, vv, None if state is None else state["ss"])
+            vv, log_decay = self.semiseparable_decay(x, vv, mask.unsqueeze(-1))
+            ss, ss_state = semiseparable_scan(
+                q * r**-0.5, k, vv, None if state is None else state["ss"], log_decay=log_decay
+            )
             out = out + self.ss_out(ss)
             if new_state is not None:
                 new_state["ss"] = ss_state
         out = out * F.silu(gate)
         phase = torch.atan2(g_im, g_re).mean(-1)  # mean scattering phase over channels, in (0, pi)
         return out, phase, new_state
+
+    def semiseparable_decay(self, x: Tensor, v: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        """With decay heads: the values written with 1 - gamma and log gamma = -delta (..., h), delta = softplus(W x + b);
+        padded tokens (mask 0) keep the state.  Without: v and None (the undecayed running sum)."""
+        if not self.config.semiseparable_decay_heads:
+            return v, None
+        delta = F.softplus(self.ss_decay(x))
+        if mask is not None:
+            delta = delta * mask
+        write = -torch.expm1(-delta)  # 1 - gamma: every head's sum is a convex combination of k v^T
+        return v * write.repeat_interleave(v.shape[-1] // delta.shape[-1], dim=-1), -delta
 
     def value_scale(self, eta: Tensor, g_im: Tensor) -> Tensor:
         """The factor on y before the output projection, (..., H); both bound the feature by the value norm.
@@ -541,8 +633,9 @@ class ResNetBKGreenMixer(nn.Module):
         if c.use_semiseparable:
             r = c.low_rank
             q, k, vv = self.ss_proj(x).split([r, r, r], dim=-1)
-            state["ss"] = state["ss"] + k.unsqueeze(-1) * vv.unsqueeze(1)  # running sum of k v^T
-            out = out + self.ss_out(torch.bmm((q * r**-0.5).unsqueeze(1), state["ss"]).squeeze(1))
+            vv, log_decay = self.semiseparable_decay(x, vv, None)
+            ss, state["ss"] = semiseparable_step(q * r**-0.5, k, vv, state["ss"], log_decay)
+            out = out + self.ss_out(ss)
         out = out * F.silu(gate)
         return out, torch.atan2(g_im, g_re).mean(-1)
 
@@ -763,10 +856,16 @@ class ResNetBKPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, ResNetBKGreenMixer) and module.from_tokens:
-            energy, rho = module.initial_channel_parameters()
-            init.copy_(module.energy, energy)
-            init.copy_(module.rho, rho)
+        if isinstance(module, ResNetBKGreenMixer):
+            if module.from_tokens:
+                energy, rho = module.initial_channel_parameters()
+                init.copy_(module.energy, energy)
+                init.copy_(module.rho, rho)
+            if hasattr(module, "ss_decay"):
+                # delta log-spaced from 0.001 to 0.1 over the heads, as Mamba's dt: memories of ~10 to ~1000 tokens
+                h = module.ss_decay.out_features
+                delta = torch.logspace(-3, -1, h) if h > 1 else torch.tensor([0.01])
+                init.copy_(module.ss_decay.bias, delta + torch.log(-torch.expm1(-delta)))  # softplus^-1
         elif isinstance(module, ResNetBKCausalConv):
             # the convolution starts as the identity (last tap 1, the others 0): at initialisation the mixer sees
             # each position's own projections, as without it, and training learns what to take from before
