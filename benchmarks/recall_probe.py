@@ -19,6 +19,11 @@ be made again::
     python benchmarks/recall_probe.py '{"key_dim": 8, "epsilon": 1e-7}' --eta-low 1e-6 --energy 1 1 \
         --clean-chain both --lead 0.5 --raw-keys both --freeze-channels --unit-feature-scale  # band edge + lead: recalls
     python benchmarks/recall_probe.py '{"chain": "lead", "key_dim": 8}'      # the same, as the shipped option
+    python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "semiseparable_decay_heads": 4}' \
+        --eval-lengths 64 256 1024 4096                                     # the decayed term, scored at 64x too
+    python benchmarks/recall_probe.py '{}' --peer mamba --eval-lengths 64 256 1024 4096  # Mamba, the same way
+    python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "semiseparable_decay_heads": 4}' \
+        --ss-conv 4 --ss-conv-identity --ss-norm --seed 1                   # the term's q, k, v convolved, read normalised
 
 The transmission flags (--strip-phase, --decay-semiseparable, --smooth-transmission) rebuild the scan's output
 from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine at length 64, for probing only.
@@ -44,6 +49,40 @@ class ConvThenLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(F.silu(self.conv(x.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)))
+
+
+class LinearThenConv(nn.Module):
+    """The semiseparable term's projection followed by a depthwise causal convolution (width k) of its q, k and v, as
+    Mamba convolves x, B and C and GLA / DeltaNet convolve q, k and v: a key and the value next to it meet in one
+    position before the term writes them."""
+
+    def __init__(self, linear: nn.Linear, k: int, silu: bool, identity: bool, only_keys: bool) -> None:
+        super().__init__()
+        c = linear.out_features
+        self.linear, self.conv, self.silu = linear, nn.Conv1d(c, c, k, groups=c, padding=k - 1), silu
+        self.identity = identity
+        self.only_keys = only_keys  # convolve the keys k (the middle third) and leave q and v as projected
+
+    @torch.no_grad()
+    def initialise(self) -> None:
+        """Called after the model's own initialisation (which would draw the taps with std 0.02): the identity (last
+        tap 1, the others 0; the term starts as without the convolution, as conv_width does), or PyTorch's default."""
+        if self.identity:
+            self.conv.weight.zero_()
+            self.conv.weight[..., -1] = 1.0
+            self.conv.bias.zero_()
+        else:
+            self.conv.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.linear(x)
+        out = self.conv(z.transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
+        out = F.silu(out) if self.silu else out
+        if self.only_keys:
+            r = z.shape[-1] // 3
+            out = torch.cat([z[..., :r], out[..., r: 2 * r], z[..., 2 * r:]], -1)
+        return out
+
 
 
 class CleanChain(nn.Module):
@@ -138,6 +177,24 @@ def main() -> None:
                         "(Im g* > 0) instead of from nothing, so the first positions are not a boundary; sequential scan")
     p.add_argument("--freeze-channels", action="store_true",
                    help="keep every channel's energy E and absorption eta at their initial values (not trained)")
+    p.add_argument("--ss-conv", type=int, default=0, metavar="W",
+                   help="causal depthwise convolution of width W over the semiseparable term's q, k and v")
+    p.add_argument("--ss-conv-silu", action="store_true", help="SiLU after --ss-conv, as Mamba's")
+    p.add_argument("--ss-conv-identity", action="store_true", help="start --ss-conv as the identity (last tap 1)")
+    p.add_argument("--ss-conv-keys", action="store_true", help="--ss-conv on the keys only")
+    p.add_argument("--ss-norm", action="store_true",
+                   help="divide every decay head's output of the semiseparable term by its RMS (Mamba-2's and RetNet's "
+                        "normalised read-out): the term's scale no longer depends on how much a head writes")
+    p.add_argument("--ss-dt", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="initialise the decay heads' delta log-spaced over [LO, HI] (default 0.001 0.1)")
+    p.add_argument("--ss-write-one", type=float, metavar="DMIN",
+                   help="write k v^T with weight 1 instead of 1 - gamma, with delta = DMIN + softplus(.), so every sum "
+                        "stays below max |k v^T| / (1 - exp(-DMIN))")
+    p.add_argument("--eval-lengths", type=int, nargs="+", default=[64], metavar="N",
+                   help="score the trained model at these sequence lengths (trained at 64; longer rows put the same "
+                        "pairs first and spread the queries over more filler, so they test how long the pairs are kept)")
+    p.add_argument("--peer", choices=["mamba", "gpt2"],
+                   help="train this peer instead, sized as benchmarks/recall.py sizes it (OPTIONS then sets nothing)")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the training examples")
@@ -267,21 +324,64 @@ def main() -> None:
             scores = (q @ k.transpose(-1, -2)) * transmission["kernel"][:, args.decay_semiseparable]
             return scores @ v, torch.zeros(q.shape[0], q.shape[-1], v.shape[-1])  # (kernel is causal)
         modeling.semiseparable_scan = decayed_semiseparable
+    if args.ss_conv:
+        after_init(lambda m, config: setattr(m, "ss_proj", LinearThenConv(
+            m.ss_proj, args.ss_conv, args.ss_conv_silu, args.ss_conv_identity, args.ss_conv_keys)))
+        init_weights_before_conv = modeling.ResNetBKPreTrainedModel._init_weights
+
+        def conv_init(self, module):
+            init_weights_before_conv(self, module)
+            if isinstance(module, Mixer):  # (transformers skips modules without parameters of their own)
+                module.ss_proj.initialise()
+        modeling.ResNetBKPreTrainedModel._init_weights = conv_init
+    if args.ss_write_one is not None:
+        def write_one(self, x, v, mask):
+            delta = args.ss_write_one + F.softplus(self.ss_decay(x))
+            if mask is not None:
+                delta = delta * mask
+            return v, -delta
+        Mixer.semiseparable_decay = write_one
+    if args.ss_norm:
+        ss_scan = modeling.semiseparable_scan
+
+        def normed_scan(q, k, v, state=None, log_decay=None, **kwargs):
+            out, new = ss_scan(q, k, v, state, log_decay=log_decay, **kwargs)
+            heads = out.unflatten(-1, (log_decay.shape[-1] if log_decay is not None else 1, -1))
+            return (heads * torch.rsqrt(heads.pow(2).mean(-1, keepdim=True) + 1e-6)).flatten(-2), new
+        modeling.semiseparable_scan = normed_scan
+    if args.ss_dt:
+        init_weights = modeling.ResNetBKPreTrainedModel._init_weights
+
+        def ss_dt_init(self, module):
+            init_weights(self, module)
+            if isinstance(module, Mixer) and hasattr(module, "ss_decay"):
+                h = module.ss_decay.out_features
+                delta = torch.logspace(math.log10(args.ss_dt[0]), math.log10(args.ss_dt[1]), h)
+                with torch.no_grad():
+                    module.ss_decay.bias.copy_(delta + torch.log(-torch.expm1(-delta)))
+        modeling.ResNetBKPreTrainedModel._init_weights = ss_dt_init
     task = MQAR(vocab=128, num_pairs=4)
     config = ResNetBKConfig(**{**dict(vocab_size=128, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,
                                       ffn_dim=128), **json.loads(args.options)})
     if args.report_transmission:
         report_transmission(modeling, config, task)
         return
+    if args.peer:
+        from recall import configs  # benchmarks/recall.py, beside this script
+
+        config = configs(args.peer, vocab=128, d=64, layers=2, max_len=64, resnet_bk={})
     t0 = time.time()
     lm = train(config, task, 64, steps=args.steps, batch_size=64, lr=args.lr, seed=args.seed)
     result = evaluate(lm.model, task, 64, examples=256)
+    # None where the model cannot run (GPT-2 past its n_positions): not applicable, not zero
+    at_length = {n: round(evaluate(lm.model, task, n, examples=256)["accuracy"], 3)
+                 if args.peer != "gpt2" or n <= config.n_positions else None for n in args.eval_lengths}
     flags = {k: v for k, v in vars(args).items() if k not in ("options", "report_transmission", "steps", "lr")}
     mixers = [m for m in lm.model.modules() if isinstance(m, Mixer)]
     trained = {f"layer {i}": {"E": [round(x, 3) for x in energy.tolist()], "eta": [float(f"{x:.3g}") for x in eta.tolist()]}
                for i, (energy, eta) in enumerate(channel_energy_eta(m) for m in mixers)}
     print(json.dumps({"options": json.loads(args.options), **flags, "trained_channels": trained,
-                      "accuracy": round(result["accuracy"], 3),
+                      "accuracy": round(result["accuracy"], 3), "accuracy_at_length": at_length,
                       "chance": result["chance"], "non_embedding": lm.model.num_parameters(exclude_embeddings=True),
                       "seconds": round(time.time() - t0)}))
 
