@@ -84,7 +84,6 @@ class LinearThenConv(nn.Module):
         return out
 
 
-
 class CleanChain(nn.Module):
     """The mixer's input projection with the potential (and the hopping) taken off the tokens: a_raw = 0, so a = 0
     (and t_raw = 0, so t = 1/2), a chain without disorder."""
@@ -220,6 +219,17 @@ def main() -> None:
             extra(self, config)
         Mixer.__init__ = patched
 
+    def after_init_weights(extra):
+        """Run extra(mixer) after the model's own initialisation of every mixer (its children are initialised
+        before it; transformers skips modules without parameters of their own, so changes go through the mixer)."""
+        init_weights = modeling.ResNetBKPreTrainedModel._init_weights
+
+        def patched(self, module):
+            init_weights(self, module)
+            if isinstance(module, Mixer):
+                extra(module)
+        modeling.ResNetBKPreTrainedModel._init_weights = patched
+
     def sequential_scan(a, hop, z_re, z_im_at, u, state, hop_in):
         """green_scan_step over the positions, from ``state`` (None: nothing before position 1) coupled in by
         ``hop_in``, with z_im_at(i) the absorption at position i: the per-token and lead scans of the flags."""
@@ -327,13 +337,7 @@ def main() -> None:
     if args.ss_conv:
         after_init(lambda m, config: setattr(m, "ss_proj", LinearThenConv(
             m.ss_proj, args.ss_conv, args.ss_conv_silu, args.ss_conv_identity, args.ss_conv_keys)))
-        init_weights_before_conv = modeling.ResNetBKPreTrainedModel._init_weights
-
-        def conv_init(self, module):
-            init_weights_before_conv(self, module)
-            if isinstance(module, Mixer):  # (transformers skips modules without parameters of their own)
-                module.ss_proj.initialise()
-        modeling.ResNetBKPreTrainedModel._init_weights = conv_init
+        after_init_weights(lambda m: m.ss_proj.initialise())
     if args.ss_write_one is not None:
         def write_one(self, x, v, mask):
             delta = args.ss_write_one + F.softplus(self.ss_decay(x))
@@ -347,19 +351,15 @@ def main() -> None:
         def normed_scan(q, k, v, state=None, log_decay=None, **kwargs):
             out, new = ss_scan(q, k, v, state, log_decay=log_decay, **kwargs)
             heads = out.unflatten(-1, (log_decay.shape[-1] if log_decay is not None else 1, -1))
-            return (heads * torch.rsqrt(heads.pow(2).mean(-1, keepdim=True) + 1e-6)).flatten(-2), new
+            return F.rms_norm(heads, heads.shape[-1:], eps=1e-6).flatten(-2), new
         modeling.semiseparable_scan = normed_scan
     if args.ss_dt:
-        init_weights = modeling.ResNetBKPreTrainedModel._init_weights
-
-        def ss_dt_init(self, module):
-            init_weights(self, module)
-            if isinstance(module, Mixer) and hasattr(module, "ss_decay"):
-                h = module.ss_decay.out_features
-                delta = torch.logspace(math.log10(args.ss_dt[0]), math.log10(args.ss_dt[1]), h)
-                with torch.no_grad():
-                    module.ss_decay.bias.copy_(delta + torch.log(-torch.expm1(-delta)))
-        modeling.ResNetBKPreTrainedModel._init_weights = ss_dt_init
+        @torch.no_grad()
+        def ss_dt_init(mixer):
+            if hasattr(mixer, "ss_decay"):
+                delta = torch.logspace(math.log10(args.ss_dt[0]), math.log10(args.ss_dt[1]), mixer.ss_decay.out_features)
+                mixer.ss_decay.bias.copy_(delta + torch.log(-torch.expm1(-delta)))  # softplus^-1
+        after_init_weights(ss_dt_init)
     task = MQAR(vocab=128, num_pairs=4)
     config = ResNetBKConfig(**{**dict(vocab_size=128, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,
                                       ffn_dim=128), **json.loads(args.options)})
@@ -374,7 +374,7 @@ def main() -> None:
     lm = train(config, task, 64, steps=args.steps, batch_size=64, lr=args.lr, seed=args.seed)
     result = evaluate(lm.model, task, 64, examples=256)
     # None where the model cannot run (GPT-2 past its n_positions): not applicable, not zero
-    at_length = {n: round(evaluate(lm.model, task, n, examples=256)["accuracy"], 3)
+    at_length = {n: round((result if n == 64 else evaluate(lm.model, task, n, examples=256))["accuracy"], 3)
                  if args.peer != "gpt2" or n <= config.n_positions else None for n in args.eval_lengths}
     flags = {k: v for k, v in vars(args).items() if k not in ("options", "report_transmission", "steps", "lr")}
     mixers = [m for m in lm.model.modules() if isinstance(m, Mixer)]
