@@ -24,6 +24,10 @@ be made again::
     python benchmarks/recall_probe.py '{}' --peer mamba --eval-lengths 64 256 1024 4096  # Mamba, the same way
     python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "semiseparable_decay_heads": 4}' \
         --ss-conv 4 --ss-conv-identity --ss-norm --seed 1                   # the term's q, k, v convolved, read normalised
+    python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "semiseparable_decay_heads": 4}' \
+        --ss-wide 128 128 --ss-chunk 8 --lr 1e-2                            # 128 values, a decay per value channel
+    python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "semiseparable_decay_heads": 4}' \
+        --no-chain                                                          # the term alone: the chain's features off
 
 The transmission flags (--strip-phase, --decay-semiseparable, --smooth-transmission) rebuild the scan's output
 from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine at length 64, for probing only.
@@ -189,6 +193,13 @@ def main() -> None:
     p.add_argument("--ss-write-one", type=float, metavar="DMIN",
                    help="write k v^T with weight 1 instead of 1 - gamma, with delta = DMIN + softplus(.), so every sum "
                         "stays below max |k v^T| / (1 - exp(-DMIN))")
+    p.add_argument("--ss-wide", type=int, nargs=2, metavar=("S", "H"),
+                   help="the decayed term with S value dims (instead of low_rank) and H decay heads: H = S decays per "
+                        "value channel, Mamba's form (state low_rank x S)")
+    p.add_argument("--ss-chunk", type=int, default=64, metavar="L",
+                   help="chunk length of --ss-wide's scan (the same sums; 8 is ~6x faster at 128 heads)")
+    p.add_argument("--no-chain", action="store_true",
+                   help="the Green chain's features zeroed and frozen: the semiseparable term alone (a diagnosis)")
     p.add_argument("--eval-lengths", type=int, nargs="+", default=[64], metavar="N",
                    help="score the trained model at these sequence lengths (trained at 64; longer rows put the same "
                         "pairs first and spread the queries over more filler, so they test how long the pairs are kept)")
@@ -360,6 +371,39 @@ def main() -> None:
                 delta = torch.logspace(math.log10(args.ss_dt[0]), math.log10(args.ss_dt[1]), mixer.ss_decay.out_features)
                 mixer.ss_decay.bias.copy_(delta + torch.log(-torch.expm1(-delta)))  # softplus^-1
         after_init_weights(ss_dt_init)
+    if args.ss_wide:
+        s, h = args.ss_wide
+
+        def wide(self, config):
+            r, d = config.low_rank, config.d_model
+            self.ss_proj = nn.Linear(d, 2 * r + s, bias=False)
+            self.ss_out = nn.Linear(s, d, bias=False)
+            self.ss_decay = nn.Linear(d, h)  # the model's _init_weights spreads its initial decays over the h heads
+        after_init(wide)
+        forward = Mixer.forward
+
+        def wide_forward(self, x, mask, mask_prev, positions, state=None, return_state=False):
+            """The chain as the mixer computes it, then the wide term added before the output gate (training and
+            scoring run full sequences from no state, which is all the probe needs)."""
+            c, r = self.config, self.config.low_rank
+            c.use_semiseparable = False
+            try:
+                out, phase, _ = forward(self, x, mask, mask_prev, positions)
+            finally:
+                c.use_semiseparable = True
+            gate = self.in_proj(x)[..., -x.shape[-1]:]
+            q, k, vv = self.ss_proj(x).split([r, r, s], dim=-1)
+            vv, log_decay = self.semiseparable_decay(x, vv, mask.unsqueeze(-1))
+            ss, _ = modeling.semiseparable_scan(q * r**-0.5, k * mask.unsqueeze(-1), vv, None, args.ss_chunk,
+                                                log_decay=log_decay)
+            return out + self.ss_out(ss) * F.silu(gate), phase, None
+        Mixer.forward = wide_forward
+    if args.no_chain:
+        @torch.no_grad()
+        def no_chain(mixer):
+            mixer.out_proj.weight.zero_(), mixer.out_proj.bias.zero_()
+            mixer.out_proj.requires_grad_(False)
+        after_init_weights(no_chain)
     task = MQAR(vocab=128, num_pairs=4)
     config = ResNetBKConfig(**{**dict(vocab_size=128, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,
                                       ffn_dim=128), **json.loads(args.options)})
