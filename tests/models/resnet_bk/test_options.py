@@ -175,16 +175,19 @@ def decayed_reference(q, k, v, gamma, state=None):
     return torch.stack(outs, 1), S
 
 
-def test_decayed_semiseparable_term_equals_its_recurrence_at_every_chunk_size_and_continues_from_its_state():
+@pytest.mark.parametrize("h", [3, 6], ids=["heads-of-2-values", "a-decay-per-value"])
+def test_decayed_semiseparable_term_equals_its_recurrence_at_every_chunk_size_and_continues_from_its_state(h):
     """semiseparable_decay_heads: head h forgets its sum of k v^T by gamma_i^h at every token.  The chunked scan
     (every chunk size, lengths that do not fill the last chunk), a continuation from its state and the one-token
-    step all equal the recurrence, and the decay matters: without it the output is far from the reference."""
+    step all equal the recurrence, and the decay matters: without it the output is far from the reference.  Six
+    values, rank 5: heads of two values, or one decay per value (semiseparable_value_dim = heads)."""
     from hubtrain.models.resnet_bk.modeling_resnet_bk import semiseparable_step
 
     torch.manual_seed(0)
-    B, N, r, s, h = 2, 150, 5, 6, 3
+    B, N, r, s = 2, 150, 5, 6
     q, k, v = torch.randn(B, N, r, dtype=torch.float64), torch.randn(B, N, r, dtype=torch.float64), torch.randn(B, N, s, dtype=torch.float64)
-    log_decay = -torch.rand(B, N, h, dtype=torch.float64) * torch.tensor([0.01, 0.3, 3.0], dtype=torch.float64)
+    rates = torch.tensor([0.01, 0.3, 3.0], dtype=torch.float64).repeat(h // 3)  # slow, middle and fast heads
+    log_decay = -torch.rand(B, N, h, dtype=torch.float64) * rates
     reference, final = decayed_reference(q, k, v, log_decay.exp())
     undecayed, _ = semiseparable_scan(q, k, v)
     assert (undecayed - reference).abs().max() > 0.5 * reference.abs().max()  # the comparison can fail
@@ -623,6 +626,9 @@ def test_dropout_p_is_applied_in_training_only():
         (dict(semiseparable_decay_heads=-1), "semiseparable_decay_heads=-1"),
         (dict(semiseparable_decay_heads=2), "use_semiseparable=True"),
         (dict(use_semiseparable=True, low_rank=6, semiseparable_decay_heads=4), "low_rank=6"),
+        (dict(use_semiseparable=True, semiseparable_value_dim=0), "semiseparable_value_dim=0"),
+        (dict(semiseparable_value_dim=8), "use_semiseparable=True"),
+        (dict(use_semiseparable=True, semiseparable_value_dim=6, semiseparable_decay_heads=4), "semiseparable_value_dim=6"),
     ],
 )
 def test_bad_options_raise_errors_that_name_the_field(kwargs, field):

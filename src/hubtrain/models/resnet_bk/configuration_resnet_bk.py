@@ -76,6 +76,8 @@ class ResNetBKConfig(PretrainedConfig):
             values into h heads, each forgetting its sum by gamma_i = exp(-delta_i) per token, with delta_i =
             softplus(W x_i + b) set by the token and values written with 1 - gamma_i, so that every head's sum is a
             convex combination of k v^T and the term is bounded independently of the length (Mamba-2's form).
+        semiseparable_value_dim: width s of that term's values, so its state is low_rank x s (None: low_rank).
+            With semiseparable_decay_heads = s every value channel has its own decay, Mamba's form.
         use_act, act_halt_threshold, act_ponder_weight: adaptive computation time across layers; a token stops
             being updated once its cumulative halting probability reaches 1 - act_halt_threshold, and
             act_ponder_weight times the ponder cost is added to the loss.
@@ -128,6 +130,7 @@ class ResNetBKConfig(PretrainedConfig):
     use_semiseparable: bool = False
     low_rank: int = 16
     semiseparable_decay_heads: int = 0
+    semiseparable_value_dim: int | None = None
     use_act: bool = False
     act_halt_threshold: float = 0.01
     act_ponder_weight: float = 0.01
@@ -187,6 +190,16 @@ class ResNetBKConfig(PretrainedConfig):
                     f"ResNetBKConfig: chain='lead' is a clean chain at a fixed energy, and {', '.join(clash)} acts "
                     "on the potential or on E; set them to False or use chain='token'"
                 )
+        width = self.semiseparable_value_dim
+        if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+            raise ValueError(
+                f"ResNetBKConfig: semiseparable_value_dim={width!r} must be a positive integer (None: low_rank)"
+            )
+        if width is not None and not self.use_semiseparable:
+            raise ValueError(
+                f"ResNetBKConfig: semiseparable_value_dim={width} widens the semiseparable term; set "
+                "use_semiseparable=True or semiseparable_value_dim=None"
+            )
         heads = self.semiseparable_decay_heads
         if isinstance(heads, bool) or not isinstance(heads, int) or heads < 0:
             raise ValueError(f"ResNetBKConfig: semiseparable_decay_heads={heads!r} must be an integer >= 0 (0: undecayed)")
@@ -195,10 +208,12 @@ class ResNetBKConfig(PretrainedConfig):
                 f"ResNetBKConfig: semiseparable_decay_heads={heads} decays the semiseparable term; set "
                 "use_semiseparable=True or semiseparable_decay_heads=0"
             )
-        if heads and self.low_rank % heads:
+        values = self.low_rank if width is None else width
+        if heads and values % heads:
+            named = f"low_rank={self.low_rank}" if width is None else f"semiseparable_value_dim={width}"
             raise ValueError(
-                f"ResNetBKConfig: semiseparable_decay_heads={heads} must divide low_rank={self.low_rank} (the heads "
-                "split the term's values)"
+                f"ResNetBKConfig: semiseparable_decay_heads={heads} must divide {named} (the heads split the term's "
+                "values)"
             )
         if self.ffn_dim is None:
             self.ffn_dim = 2 * self.d_model

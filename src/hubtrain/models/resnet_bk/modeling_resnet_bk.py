@@ -316,9 +316,9 @@ class ResNetBKGreenMixer(nn.Module):
             self.absorb_proj = nn.Linear(d, H)
         self.out_proj = nn.Linear(H * (2 * P + 2), d)
         if config.use_semiseparable:
-            r = config.low_rank
-            self.ss_proj = nn.Linear(d, 3 * r, bias=False)
-            self.ss_out = nn.Linear(r, d, bias=False)
+            r, s = config.low_rank, config.semiseparable_value_dim or config.low_rank
+            self.ss_proj = nn.Linear(d, 2 * r + s, bias=False)  # queries, keys (r each) and values (s)
+            self.ss_out = nn.Linear(s, d, bias=False)
             if config.semiseparable_decay_heads:  # each token sets how much of every head's sum to keep
                 self.ss_decay = nn.Linear(d, config.semiseparable_decay_heads)
 
@@ -529,11 +529,13 @@ class ResNetBKGreenMixer(nn.Module):
         out = self.out_proj(feats.reshape(B, N, H * (2 * P + 2)))
         if c.use_semiseparable:
             r = c.low_rank
-            q, k, vv = self.ss_proj(x).split([r, r, r], dim=-1)
+            q, k, vv = self.ss_proj(x).split([r, r, self.ss_out.in_features], dim=-1)
             k = k * mask.unsqueeze(-1)
             vv, log_decay = self.semiseparable_decay(x, vv, mask.unsqueeze(-1))
+            # the chunk's (L, L, heads) decay mask costs L^2 per head: shorter chunks for many heads (same sums)
+            chunk = min(64, max(8, 1024 // c.semiseparable_decay_heads)) if c.semiseparable_decay_heads else 64
             ss, ss_state = semiseparable_scan(
-                q * r**-0.5, k, vv, None if state is None else state["ss"], log_decay=log_decay
+                q * r**-0.5, k, vv, None if state is None else state["ss"], chunk, log_decay=log_decay
             )
             out = out + self.ss_out(ss)
             if new_state is not None:
@@ -632,7 +634,7 @@ class ResNetBKGreenMixer(nn.Module):
         out = F.linear(feats, consts["out_w"], self.out_proj.bias)
         if c.use_semiseparable:
             r = c.low_rank
-            q, k, vv = self.ss_proj(x).split([r, r, r], dim=-1)
+            q, k, vv = self.ss_proj(x).split([r, r, self.ss_out.in_features], dim=-1)
             vv, log_decay = self.semiseparable_decay(x, vv, None)
             ss, state["ss"] = semiseparable_step(q * r**-0.5, k, vv, state["ss"], log_decay)
             out = out + self.ss_out(ss)
