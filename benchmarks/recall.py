@@ -34,17 +34,19 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ("resnet_bk", "resnet_bk_ss", "resnet_bk_recall", "resnet_bk_lead", "gpt2", "mamba")
 LABELS = {"resnet_bk": "ResNet-BK", "resnet_bk_ss": "ResNet-BK + decayed term (4 heads)",
-          "resnet_bk_recall": "ResNet-BK + a decay per value", "resnet_bk_lead": "ResNet-BK lead, K=8",
+          "resnet_bk_recall": "ResNet-BK + a decay per value, conv 4", "resnet_bk_lead": "ResNet-BK lead, K=8",
           "gpt2": "GPT-2 (sdpa)", "mamba": "Mamba (mambapy)"}
 # ResNet-BK with its options that measurably learn MQAR (docs/resnet_bk.md section 7), as functions of d_model:
 # the semiseparable term tril(Q K^T) V beside the Green's function with 4 decay heads (the recommended language-
 # modelling shape, section 7.7); the same term with 2 d values, each with its own decay set by the token (Mamba's
-# per-channel form, section 7.9; experts of d / 4 keep it at Mamba's parameters); and the keyed resolvent of a
-# band-edge chain with a lead (the Green's function itself recalling, section 7.1)
+# per-channel form, section 7.9), its queries, keys and values from a short causal convolution (Mamba's conv1d,
+# section 7.10), experts of 7 d / 32 keeping it at Mamba's parameters; and the keyed resolvent of a band-edge chain
+# with a lead (the Green's function itself recalling, section 7.1)
 VARIANTS = {
     "resnet_bk_ss": lambda d: {"use_semiseparable": True, "low_rank": 16, "semiseparable_decay_heads": 4},
     "resnet_bk_recall": lambda d: {"use_semiseparable": True, "low_rank": 16, "semiseparable_value_dim": 2 * d,
-                                   "semiseparable_decay_heads": 2 * d, "ffn_dim": d // 4},
+                                   "semiseparable_decay_heads": 2 * d, "semiseparable_conv_width": 4,
+                                   "ffn_dim": 7 * d // 32},
     "resnet_bk_lead": lambda d: {"chain": "lead", "key_dim": 8},
 }
 DEFAULT_MODELS = ["resnet_bk", "resnet_bk_ss", "resnet_bk_recall", "gpt2", "mamba"]

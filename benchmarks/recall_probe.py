@@ -200,8 +200,10 @@ def main() -> None:
                    help="chunk length of --ss-wide's scan (the same sums; 8 is ~6x faster at 128 heads)")
     p.add_argument("--no-chain", action="store_true",
                    help="the Green chain's features zeroed and frozen: the semiseparable term alone (a diagnosis)")
-    p.add_argument("--eval-lengths", type=int, nargs="+", default=[64], metavar="N",
-                   help="score the trained model at these sequence lengths (trained at 64; longer rows put the same "
+    p.add_argument("--pairs", type=int, default=4, help="key-value pairs per row (another point of recall.py's grid)")
+    p.add_argument("--length", type=int, default=64, help="training length (another point of recall.py's grid)")
+    p.add_argument("--eval-lengths", type=int, nargs="+", metavar="N",
+                   help="score the trained model at these sequence lengths (trained at --length; longer rows put the same "
                         "pairs first and spread the queries over more filler, so they test how long the pairs are kept)")
     p.add_argument("--peer", choices=["mamba", "gpt2"],
                    help="train this peer instead, sized as benchmarks/recall.py sizes it (OPTIONS then sets nothing)")
@@ -404,7 +406,9 @@ def main() -> None:
             mixer.out_proj.weight.zero_(), mixer.out_proj.bias.zero_()
             mixer.out_proj.requires_grad_(False)
         after_init_weights(no_chain)
-    task = MQAR(vocab=128, num_pairs=4)
+    task = MQAR(vocab=128, num_pairs=args.pairs)
+    n = args.length
+    args.eval_lengths = args.eval_lengths or [n]
     config = ResNetBKConfig(**{**dict(vocab_size=128, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,
                                       ffn_dim=128), **json.loads(args.options)})
     if args.report_transmission:
@@ -413,13 +417,13 @@ def main() -> None:
     if args.peer:
         from recall import configs  # benchmarks/recall.py, beside this script
 
-        config = configs(args.peer, vocab=128, d=64, layers=2, max_len=64, resnet_bk={})
+        config = configs(args.peer, vocab=128, d=64, layers=2, max_len=n, resnet_bk={})
     t0 = time.time()
-    lm = train(config, task, 64, steps=args.steps, batch_size=64, lr=args.lr, seed=args.seed)
-    result = evaluate(lm.model, task, 64, examples=256)
+    lm = train(config, task, n, steps=args.steps, batch_size=64, lr=args.lr, seed=args.seed)
+    result = evaluate(lm.model, task, n, examples=256)
     # None where the model cannot run (GPT-2 past its n_positions): not applicable, not zero
-    at_length = {n: round((result if n == 64 else evaluate(lm.model, task, n, examples=256))["accuracy"], 3)
-                 if args.peer != "gpt2" or n <= config.n_positions else None for n in args.eval_lengths}
+    at_length = {m: round((result if m == n else evaluate(lm.model, task, m, examples=256))["accuracy"], 3)
+                 if args.peer != "gpt2" or m <= config.n_positions else None for m in args.eval_lengths}
     flags = {k: v for k, v in vars(args).items() if k not in ("options", "report_transmission", "steps", "lr")}
     mixers = [m for m in lm.model.modules() if isinstance(m, Mixer)]
     trained = {f"layer {i}": {"E": [round(x, 3) for x in energy.tolist()], "eta": [float(f"{x:.3g}") for x in eta.tolist()]}

@@ -45,9 +45,9 @@ TOKEN_ETA_OPTIONS = dict(absorption="token", use_mourre=True, use_prime_bump=Tru
                          use_semiseparable=True, low_rank=4, semiseparable_decay_heads=2, use_scattering_router=True,
                          num_experts=3, top_k=2, key_dim=2, conv_width=3)
 # the semiseparable term with more values than its rank and a decay per value channel (Mamba's form; 32 heads, so
-# the mixer scans it in chunks of 32 tokens and the 40-token checks cross a chunk end)
+# the mixer scans it in chunks of 32 tokens and the 40-token checks cross a chunk end), its inputs convolved
 WIDE_DECAY_OPTIONS = dict(use_semiseparable=True, low_rank=4, semiseparable_value_dim=32, semiseparable_decay_heads=32,
-                          key_dim=2, conv_width=3)
+                          semiseparable_conv_width=4, key_dim=2, conv_width=3)
 
 
 def tiny_model(seed=0, **options) -> ResNetBKForCausalLM:

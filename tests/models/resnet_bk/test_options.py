@@ -288,6 +288,51 @@ def test_conv_width_mixes_the_last_w_projections_and_starts_as_the_identity(chai
         assert torch.allclose(torch.cat([v1, v2], 1), v, atol=1e-12)
 
 
+def test_semiseparable_conv_width_mixes_the_terms_last_w_projections_and_starts_as_the_identity():
+    """semiseparable_conv_width=w: the semiseparable term's q, k and v at i come from sum_s W[:, w-1-s] z_{i-s} + b
+    over its projections z of the last w tokens (nothing before position 1), and the mixer adds the gated decayed
+    recurrence of those; at initialisation the taps are the identity, so the model equals the same model without
+    the convolution. A decay per value (8 values, 8 heads), as docs section 7.10 measures it."""
+    w, r, s = 3, 4, 8
+    options = dict(use_semiseparable=True, low_rank=r, semiseparable_value_dim=s, semiseparable_decay_heads=s,
+                   initializer_range=0.2)
+    model = tiny_model(semiseparable_conv_width=w, **options)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(1))
+
+    def without_conv(m):
+        m = copy.deepcopy(m)
+        for layer in m.model.layers:
+            del layer.mixer.ss_conv
+        return m
+
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, without_conv(model)(ids).logits, rtol=0, atol=1e-12)
+        random_option_weights(model)  # drawn at random, the taps change the logits
+        assert (model(ids).logits - without_conv(model)(ids).logits).abs().max() > 1e-3
+    mixer, x, _ = capture_mixer(model, ids)
+    N = x.shape[1]
+    mask, positions = torch.ones(2, N, dtype=x.dtype), torch.arange(1, N + 1).expand(2, N)
+    mask_prev = torch.cat([torch.zeros(2, 1, dtype=x.dtype), mask[:, 1:]], 1)
+    no_term = copy.deepcopy(mixer)
+    no_term.config.use_semiseparable = False
+    with torch.no_grad():
+        added = mixer(x, mask, mask_prev, positions)[0] - no_term(x, mask, mask_prev, positions)[0]
+        z = mixer.ss_proj(x)
+        W, b = mixer.ss_conv.weight[:, 0], mixer.ss_conv.bias
+        mixed = torch.stack([b + sum(W[:, w - 1 - j] * z[:, i - j] for j in range(w) if i - j >= 0) for i in range(N)], 1)
+        q, k, v = mixed.split([r, r, s], -1)
+        gamma = torch.exp(-torch.nn.functional.softplus(mixer.ss_decay(x)))
+        ss, _ = decayed_reference(q / r**0.5, k, v * (1 - gamma), gamma)
+        expected = mixer.ss_out(ss) * torch.nn.functional.silu(mixer.in_proj(x)[..., -x.shape[-1] :])
+        unmixed, _ = decayed_reference(z[..., :r] / r**0.5, z[..., r : 2 * r], z[..., 2 * r :] * (1 - gamma), gamma)
+        # the comparison can fail: the term of the unconvolved projections is far from it
+        assert (mixer.ss_out(unmixed) - mixer.ss_out(ss)).abs().max() > 0.1 * mixer.ss_out(ss).abs().max()
+        assert torch.allclose(added, expected, atol=1e-12)
+        # the window it hands the cache: the last w - 1 projections
+        state = mixer(x, mask, mask_prev, positions, return_state=True)[2]
+        assert torch.equal(state["ss_conv"], z[:, -(w - 1) :])
+
+
 @pytest.mark.parametrize("option", sorted(OPTION_CONTRIBUTIONS))
 def test_each_option_changes_the_output_of_the_same_model(option):
     """Against the same model (same parameters) with only the option's contribution removed."""
@@ -613,6 +658,8 @@ def test_dropout_p_is_applied_in_training_only():
         (dict(chain="ring"), "chain"),
         (dict(conv_width=-1), "conv_width"),
         (dict(conv_width=2.0), "conv_width"),
+        (dict(use_semiseparable=True, semiseparable_conv_width=-1), "semiseparable_conv_width"),
+        (dict(semiseparable_conv_width=4), "use_semiseparable=True"),
         (dict(key_norm="l2"), "key_norm"),
         (dict(feature_norm="sqrt"), "feature_norm"),
         (dict(chain="lead", lead_hopping=0.0), "lead_hopping"),

@@ -78,6 +78,10 @@ class ResNetBKConfig(PretrainedConfig):
             convex combination of k v^T and the term is bounded independently of the length (Mamba-2's form).
         semiseparable_value_dim: width s of that term's values, so its state is low_rank x s (None: low_rank).
             With semiseparable_decay_heads = s every value channel has its own decay, Mamba's form.
+        semiseparable_conv_width: 0 or 1 (default): that term's queries, keys and values come from their own token.
+            w > 1: from a depthwise causal convolution over the last w tokens' projections, started as the identity
+            (Mamba's conv1d before B, C and x; GLA's and DeltaNet's short convolution), so that a key and the value
+            next to it meet at one position before the term writes them; the cache keeps the last w - 1.
         use_act, act_halt_threshold, act_ponder_weight: adaptive computation time across layers; a token stops
             being updated once its cumulative halting probability reaches 1 - act_halt_threshold, and
             act_ponder_weight times the ponder cost is added to the loss.
@@ -131,6 +135,7 @@ class ResNetBKConfig(PretrainedConfig):
     low_rank: int = 16
     semiseparable_decay_heads: int = 0
     semiseparable_value_dim: int | None = None
+    semiseparable_conv_width: int = 0
     use_act: bool = False
     act_halt_threshold: float = 0.01
     act_ponder_weight: float = 0.01
@@ -199,6 +204,16 @@ class ResNetBKConfig(PretrainedConfig):
             raise ValueError(
                 f"ResNetBKConfig: semiseparable_value_dim={width} widens the semiseparable term; set "
                 "use_semiseparable=True or semiseparable_value_dim=None"
+            )
+        conv = self.semiseparable_conv_width
+        if isinstance(conv, bool) or not isinstance(conv, int) or conv < 0:
+            raise ValueError(
+                f"ResNetBKConfig: semiseparable_conv_width={conv!r} must be an integer >= 0 (0 or 1: no convolution)"
+            )
+        if conv > 1 and not self.use_semiseparable:
+            raise ValueError(
+                f"ResNetBKConfig: semiseparable_conv_width={conv} convolves the semiseparable term's inputs; set "
+                "use_semiseparable=True or semiseparable_conv_width=0"
             )
         heads = self.semiseparable_decay_heads
         if isinstance(heads, bool) or not isinstance(heads, int) or heads < 0:

@@ -183,8 +183,8 @@ class ResNetBKCache:
     """Recurrent state for generation: O(1) per layer, whatever the context length.
 
     Per layer: g and y of every channel (real and imaginary parts), and when enabled the semiseparable running
-    sum, the running max / sum of the Schatten bound and the causal convolution's window of conv_width - 1
-    inputs.  Per row: the number of real tokens seen (positions of the prime-bump potential) and whether the last
+    sum, the running max / sum of the Schatten bound and the causal convolutions' windows of conv_width - 1
+    and semiseparable_conv_width - 1 inputs.  Per row: the number of real tokens seen (positions of the prime-bump potential) and whether the last
     position was a real token (padding cuts the coupling).
     """
 
@@ -319,6 +319,8 @@ class ResNetBKGreenMixer(nn.Module):
             r, s = config.low_rank, config.semiseparable_value_dim or config.low_rank
             self.ss_proj = nn.Linear(d, 2 * r + s, bias=False)  # queries, keys (r each) and values (s)
             self.ss_out = nn.Linear(s, d, bias=False)
+            if config.semiseparable_conv_width > 1:  # a key and the value next to it meet before the term writes
+                self.ss_conv = ResNetBKCausalConv(2 * r + s, config.semiseparable_conv_width)
             if config.semiseparable_decay_heads:  # each token sets how much of every head's sum to keep
                 self.ss_decay = nn.Linear(d, config.semiseparable_decay_heads)
 
@@ -529,7 +531,12 @@ class ResNetBKGreenMixer(nn.Module):
         out = self.out_proj(feats.reshape(B, N, H * (2 * P + 2)))
         if c.use_semiseparable:
             r = c.low_rank
-            q, k, vv = self.ss_proj(x).split([r, r, self.ss_out.in_features], dim=-1)
+            z = self.ss_proj(x)
+            if hasattr(self, "ss_conv"):  # padding enters the convolution as zeros, as nothing would
+                z, ss_window = self.ss_conv(z * mask.unsqueeze(-1), None if state is None else state.get("ss_conv"))
+                if new_state is not None:
+                    new_state["ss_conv"] = ss_window
+            q, k, vv = z.split([r, r, self.ss_out.in_features], dim=-1)
             k = k * mask.unsqueeze(-1)
             vv, log_decay = self.semiseparable_decay(x, vv, mask.unsqueeze(-1))
             # the chunk's (L, L, heads) decay mask costs L^2 per head: shorter chunks for many heads (same sums)
@@ -634,7 +641,11 @@ class ResNetBKGreenMixer(nn.Module):
         out = F.linear(feats, consts["out_w"], self.out_proj.bias)
         if c.use_semiseparable:
             r = c.low_rank
-            q, k, vv = self.ss_proj(x).split([r, r, self.ss_out.in_features], dim=-1)
+            z = self.ss_proj(x)
+            if hasattr(self, "ss_conv"):
+                z, state["ss_conv"] = self.ss_conv(z.unsqueeze(1), state.get("ss_conv"))
+                z = z.squeeze(1)
+            q, k, vv = z.split([r, r, self.ss_out.in_features], dim=-1)
             vv, log_decay = self.semiseparable_decay(x, vv, None)
             ss, state["ss"] = semiseparable_step(q * r**-0.5, k, vv, state["ss"], log_decay)
             out = out + self.ss_out(ss)
