@@ -299,10 +299,11 @@ def plots(store: Store, args: argparse.Namespace, out: Path) -> None:
             ax.set_xticks([], minor=True)
             ax.axhline(2 / args.vocab, color="gray", ls=":", lw=1, label="chance")
             ax.grid(alpha=0.3)
-            if row == 0 and col == 0:
+            if col == 0:
                 ax.set_ylabel("MQAR accuracy")
-                ax.legend(fontsize=7)
-    fig.tight_layout()
+    # one legend under the panels, where it hides no curve
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.14 / len(args.widths), 1, 1))
     fig.savefig(out / "recall_mqar.png", dpi=90)
 
     fig = Figure(figsize=(9, 3.4))
