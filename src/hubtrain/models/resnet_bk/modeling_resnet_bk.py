@@ -184,8 +184,8 @@ class ResNetBKCache:
 
     Per layer: g and y of every channel (real and imaginary parts), and when enabled the semiseparable running
     sum, the running max / sum of the Schatten bound and the causal convolutions' windows of conv_width - 1
-    and semiseparable_conv_width - 1 inputs.  Per row: the number of real tokens seen (positions of the prime-bump potential) and whether the last
-    position was a real token (padding cuts the coupling).
+    and semiseparable_conv_width - 1 inputs.  Per row: the number of real tokens seen (positions of the
+    prime-bump potential) and whether the last position was a real token (padding cuts the coupling).
     """
 
     is_compileable = False
