@@ -16,7 +16,11 @@ Each model gets its own learning rate from a small sweep the script runs first (
     python benchmarks/recall.py --quick    # a few minutes: the whole path at toy sizes
 
 Writes ``benchmarks/results/recall.{md,json}`` and ``recall_mqar.png``, ``recall_extrapolation.png``,
-``recall_passkey.png``. Results are saved as each run finishes; ``--reuse`` picks a stopped run up where it was.
+``recall_passkey.png``. Results are saved as each run finishes; ``--reuse`` picks a stopped run up where it was,
+or adds grid points to a finished one, running only the new ones::
+
+    mkdir -p benchmarks/results/recall_n128 && cp benchmarks/results/recall.json benchmarks/results/recall_n128/ && \
+        python benchmarks/recall.py --seq-lens 32 64 128 --reuse --out benchmarks/results/recall_n128
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -115,6 +120,14 @@ class Store:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=1, default=str))
         os.replace(tmp, self.path)
+
+
+def same_runs(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether runs made under ``old`` settings are the runs ``new`` would make: every setting equal but the grid's
+    axes, which may grow (runs are keyed by their grid point; the sweep and long runs use the first pairs and width)."""
+    axes = ("seq_lens", "pairs", "widths")
+    return ({k: v for k, v in old.items() if k not in axes} == {k: v for k, v in new.items() if k not in axes}
+            and all(old[k][0] == new[k][0] for k in ("pairs", "widths")))
 
 
 def run_all(store: Store, specs: dict[str, dict[str, Any]], jobs: int) -> None:
@@ -213,7 +226,7 @@ def fmt(x: float | None) -> str:
 def report(store: Store, args: argparse.Namespace, out: Path) -> str:
     runs = store.data["runs"]
     lines = ["# Recall and long-context benchmark", "",
-             f"`python benchmarks/recall.py{' --quick' if args.quick else ''}`: {store.data.get('settings', {})}", ""]
+             f"`{store.data.get('command', 'python benchmarks/recall.py')}`: {store.data.get('settings', {})}", ""]
     lr = store.data.get("lr", {})
     if lr:
         lines += ["## Learning rates (sweep on MQAR, best final accuracy)", "", "| model | " + " | ".join(
@@ -373,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full", action="store_true",
                    help="the issue's whole grid (widths 64 and 128, lengths 64-512, 4-64 pairs, Mamba everywhere, "
                         "longer training): many hours on a 2-core CPU, for a machine with more cores (--jobs)")
-    p.add_argument("--reuse", action="store_true", help="keep the finished runs of an earlier call with these settings")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the finished runs of an earlier call with these settings (or these settings with more "
+                        "lengths, pairs or widths: only the new grid points run)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if "mamba" in args.models and importlib.util.find_spec("mambapy") is None:  # else a silent ~12x slower scan
@@ -396,9 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args.out / "recall.json", args.reuse)
     resnet_bk = json.loads(args.resnet_bk)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "reuse")}
-    if store.data.get("settings") not in (None, settings):
-        raise SystemExit("--reuse: recall.json was made with other settings; drop --reuse to start afresh")
+    if store.data.get("settings") is not None and not same_runs(store.data["settings"], settings):
+        raise SystemExit("--reuse: recall.json was made with other settings (beyond more grid points); drop --reuse "
+                         "to start afresh")
     store.data["settings"] = settings
+    store.data["command"] = " ".join(["python benchmarks/recall.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"recall benchmark: models {args.models}, widths {args.widths}; results in {args.out}", flush=True)
 
     def spec(m: str, d: int, max_len: int, task: Any, **kw: Any) -> dict[str, Any]:
