@@ -19,8 +19,8 @@ Writes ``benchmarks/results/recall.{md,json}`` and ``recall_mqar.png``, ``recall
 ``recall_passkey.png``. Results are saved as each run finishes; ``--reuse`` picks a stopped run up where it was,
 or adds grid points to a finished one, running only the new ones::
 
-    mkdir -p benchmarks/results/recall_n128 && cp benchmarks/results/recall.json benchmarks/results/recall_n128/ && \
-        python benchmarks/recall.py --seq-lens 32 64 128 --reuse --out benchmarks/results/recall_n128
+    mkdir -p benchmarks/results/recall_p16 && cp benchmarks/results/recall.json benchmarks/results/recall_p16/ && \
+        python benchmarks/recall.py --seq-lens 32 64 128 --pairs 4 8 16 --reuse --out benchmarks/results/recall_p16
 """
 from __future__ import annotations
 
