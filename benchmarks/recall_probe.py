@@ -1,10 +1,10 @@
 r"""The MQAR probes behind docs/resnet_bk.md section 7: which change to ResNet-BK's mixer lets it learn recall?
 
 One MQAR point (vocabulary 128, 4 key-value pairs, length 64, d_model 64, 2 layers, 600 steps of batch 64, lr 3e-3),
-trained and scored with ``hubtrain.evaluation.recall`` like the benchmark. Config options are passed as JSON; the
-changes that are not options (measured and not added, or, for the band edge with a lead, measured here before it
-became the option ``chain="lead"``) are applied to the mixer by the flags below, so every figure in the table can
-be made again::
+or another task of the suite (``--task``), trained and scored with ``hubtrain.evaluation.recall`` like the
+benchmark. Config options are passed as JSON; the changes that are not options (measured and not added, or, for the
+band edge with a lead, measured here before it became the option ``chain="lead"``) are applied to the mixer by the
+flags below, so every figure in the table can be made again::
 
     python benchmarks/recall_probe.py '{}'                                   # the default mixer
     python benchmarks/recall_probe.py '{"key_dim": 8, "feature_norm": "ward", "epsilon": 0.001}' --eta-low 0.0012
@@ -28,6 +28,9 @@ be made again::
         --ss-wide 128 128 --ss-chunk 8 --lr 1e-2                            # 128 values, a decay per value channel
     python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "semiseparable_decay_heads": 4}' \
         --no-chain                                                          # the term alone: the chain's features off
+    python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "semiseparable_value_dim": 128, \
+        "semiseparable_decay_heads": 128, "semiseparable_conv_width": 4, "ffn_dim": 14}' --task induction_heads \
+        --batch 32 --steps 3000 --lr 1e-2 --eval-lengths 64 256 1024 4096  # induction heads, scored at 64x
 
 The transmission flags (--strip-phase, --decay-semiseparable, --smooth-transmission) rebuild the scan's output
 from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine at length 64, for probing only.
@@ -207,6 +210,9 @@ def main() -> None:
                         "pairs first and spread the queries over more filler, so they test how long the pairs are kept)")
     p.add_argument("--peer", choices=["mamba", "gpt2"],
                    help="train this peer instead, sized as benchmarks/recall.py sizes it (OPTIONS then sets nothing)")
+    p.add_argument("--task", choices=["mqar", "induction_heads", "selective_copying"], default="mqar",
+                   help="the suite's task to train and score (--pairs sets MQAR only; the others at their defaults)")
+    p.add_argument("--batch", type=int, default=64, help="training batch size")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the training examples")
@@ -217,7 +223,7 @@ def main() -> None:
         p.error(f"--{' and --'.join(n.replace('_', '-') for n in scans)} each replace the scan: use one at a time")
     torch.set_num_threads(1)
     import hubtrain.models.resnet_bk.modeling_resnet_bk as modeling
-    from hubtrain.evaluation.recall import MQAR, evaluate, train
+    from hubtrain.evaluation.recall import MQAR, TASKS, evaluate, train
     from hubtrain.models.resnet_bk import ResNetBKConfig
 
     Mixer = modeling.ResNetBKGreenMixer
@@ -406,10 +412,10 @@ def main() -> None:
             mixer.out_proj.weight.zero_(), mixer.out_proj.bias.zero_()
             mixer.out_proj.requires_grad_(False)
         after_init_weights(no_chain)
-    task = MQAR(vocab=128, num_pairs=args.pairs)
+    task = MQAR(vocab=128, num_pairs=args.pairs) if args.task == "mqar" else TASKS[args.task]()
     n = args.length
     args.eval_lengths = args.eval_lengths or [n]
-    config = ResNetBKConfig(**{**dict(vocab_size=128, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,
+    config = ResNetBKConfig(**{**dict(vocab_size=task.vocab_size, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,
                                       ffn_dim=128), **json.loads(args.options)})
     if args.report_transmission:
         report_transmission(modeling, config, task)
@@ -417,9 +423,9 @@ def main() -> None:
     if args.peer:
         from recall import configs  # benchmarks/recall.py, beside this script
 
-        config = configs(args.peer, vocab=128, d=64, layers=2, max_len=n, resnet_bk={})
+        config = configs(args.peer, vocab=task.vocab_size, d=64, layers=2, max_len=n, resnet_bk={})
     t0 = time.time()
-    lm = train(config, task, n, steps=args.steps, batch_size=64, lr=args.lr, seed=args.seed)
+    lm = train(config, task, n, steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed)
     result = evaluate(lm.model, task, n, examples=256)
     # None where the model cannot run (GPT-2 past its n_positions): not applicable, not zero
     at_length = {m: round((result if m == n else evaluate(lm.model, task, m, examples=256))["accuracy"], 3)
