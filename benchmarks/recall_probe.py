@@ -415,8 +415,9 @@ def main() -> None:
     task = MQAR(vocab=128, num_pairs=args.pairs) if args.task == "mqar" else TASKS[args.task]()
     n = args.length
     args.eval_lengths = args.eval_lengths or [n]
-    config = ResNetBKConfig(**{**dict(vocab_size=task.vocab_size, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,
-                                      ffn_dim=128), **json.loads(args.options)})
+    shape = dict(vocab_size=task.vocab_size, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,
+                 ffn_dim=128)
+    config = ResNetBKConfig(**{**shape, **json.loads(args.options)})
     if args.report_transmission:
         report_transmission(modeling, config, task)
         return
