@@ -191,6 +191,10 @@ def main() -> None:
     p.add_argument("--ss-norm", action="store_true",
                    help="divide every decay head's output of the semiseparable term by its RMS (Mamba-2's and RetNet's "
                         "normalised read-out): the term's scale no longer depends on how much a head writes")
+    p.add_argument("--ss-mass-norm", action="store_true",
+                   help="divide every decay head's read by the weight it has written so far, 1 - prod_j gamma_j (the "
+                        "sum's weights then add to 1 from the first token, as Adam corrects its averages): a head that "
+                        "forgets slowly reads at the same scale at position 64 as at 4,096")
     p.add_argument("--ss-dt", type=float, nargs=2, metavar=("LO", "HI"),
                    help="initialise the decay heads' delta log-spaced over [LO, HI] (default 0.001 0.1)")
     p.add_argument("--ss-write-one", type=float, metavar="DMIN",
@@ -358,8 +362,8 @@ def main() -> None:
             m.ss_proj, args.ss_conv, args.ss_conv_silu, args.ss_conv_identity, args.ss_conv_keys)))
         after_init_weights(lambda m: m.ss_proj.initialise())
     if args.ss_write_one is not None:
-        def write_one(self, x, v, mask):
-            delta = args.ss_write_one + F.softplus(self.ss_decay(x))
+        def write_one(self, logits, v, mask):
+            delta = args.ss_write_one + F.softplus(logits)
             if mask is not None:
                 delta = delta * mask
             return v, -delta
@@ -367,11 +371,20 @@ def main() -> None:
     if args.ss_norm:
         ss_scan = modeling.semiseparable_scan
 
-        def normed_scan(q, k, v, state=None, log_decay=None, **kwargs):
-            out, new = ss_scan(q, k, v, state, log_decay=log_decay, **kwargs)
+        def normed_scan(q, k, v, state=None, *args, log_decay=None, **kwargs):
+            out, new = ss_scan(q, k, v, state, *args, log_decay=log_decay, **kwargs)
             heads = out.unflatten(-1, (log_decay.shape[-1] if log_decay is not None else 1, -1))
             return F.rms_norm(heads, heads.shape[-1:], eps=1e-6).flatten(-2), new
         modeling.semiseparable_scan = normed_scan
+    if args.ss_mass_norm:
+        mass_scan = modeling.semiseparable_scan
+
+        def mass_normed_scan(q, k, v, state=None, *args, log_decay=None, **kwargs):
+            out, new = mass_scan(q, k, v, state, *args, log_decay=log_decay, **kwargs)
+            mass = -torch.expm1(log_decay.cumsum(1))  # (B, N, h): full sequences from no state, as the probe runs
+            heads = out.unflatten(-1, (log_decay.shape[-1], -1))
+            return (heads / (mass.unsqueeze(-1) + 1e-6)).flatten(-2), new
+        modeling.semiseparable_scan = mass_normed_scan
     if args.ss_dt:
         @torch.no_grad()
         def ss_dt_init(mixer):
@@ -401,7 +414,7 @@ def main() -> None:
                 c.use_semiseparable = True
             gate = self.in_proj(x)[..., -x.shape[-1]:]
             q, k, vv = self.ss_proj(x).split([r, r, s], dim=-1)
-            vv, log_decay = self.semiseparable_decay(x, vv, mask.unsqueeze(-1))
+            vv, log_decay = self.semiseparable_decay(self.ss_decay(x), vv, mask.unsqueeze(-1))
             ss, _ = modeling.semiseparable_scan(q * r**-0.5, k * mask.unsqueeze(-1), vv, None, args.ss_chunk,
                                                 log_decay=log_decay)
             return out + self.ss_out(ss) * F.silu(gate), phase, None

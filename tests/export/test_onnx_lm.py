@@ -87,8 +87,11 @@ TOKEN_SS = dict(absorption="token", use_semiseparable=True, low_rank=4)
 @pytest.mark.parametrize("options,std", [(dict(chain="lead", lead_eta_min=1e-3), 0.3), (TOKEN_SS, 1.0),
                                          ({**TOKEN_SS, "semiseparable_decay_heads": 2}, 1.0),
                                          ({**TOKEN_SS, "semiseparable_value_dim": 8, "semiseparable_decay_heads": 8,
-                                           "semiseparable_conv_width": 4}, 1.0)],
-                         ids=["lead", "token-eta", "token-eta-decay", "token-eta-decay-per-value"])
+                                           "semiseparable_conv_width": 4}, 1.0),
+                                         ({**TOKEN_SS, "semiseparable_value_dim": 8, "semiseparable_decay_heads": 8,
+                                           "semiseparable_conv_width": 4, "semiseparable_decay_conv": True,
+                                           "semiseparable_decay_activation": "relu"}, 1.0)],
+                         ids=["lead", "token-eta", "token-eta-decay", "token-eta-decay-per-value", "token-eta-hold"])
 def test_resnet_bk_options_export_scan_decode_step_and_torchscript(tmp_path, options, std):
     """chain="lead" starts from the lead's g*, not from zero: the exported scan, the decode step started from the
     flat zero state, and the TorchScript loop must all carry that start to match PyTorch. absorption="token" gives

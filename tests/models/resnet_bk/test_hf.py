@@ -48,6 +48,8 @@ TOKEN_ETA_OPTIONS = dict(absorption="token", use_mourre=True, use_prime_bump=Tru
 # the mixer scans it in chunks of 32 tokens and the 40-token checks cross a chunk end), its inputs convolved
 WIDE_DECAY_OPTIONS = dict(use_semiseparable=True, low_rank=4, semiseparable_value_dim=32, semiseparable_decay_heads=32,
                           semiseparable_conv_width=4, key_dim=2, conv_width=3)
+# the same with its decays convolved with q, k and v and set by relu, which holds a head's sum exactly (docs 7.12)
+HOLD_OPTIONS = {**WIDE_DECAY_OPTIONS, "semiseparable_decay_conv": True, "semiseparable_decay_activation": "relu"}
 
 
 def tiny_model(seed=0, **options) -> ResNetBKForCausalLM:
@@ -58,7 +60,7 @@ def tiny_model(seed=0, **options) -> ResNetBKForCausalLM:
 context_model = context_lm  # (**options): tiny_model(initializer_range=0.2), checked to use its context
 
 
-@pytest.mark.parametrize("options", [{}, ALL_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS, WIDE_DECAY_OPTIONS], ids=["default", "all-options", "lead", "token-eta", "wide-decay"])
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS, WIDE_DECAY_OPTIONS, HOLD_OPTIONS], ids=["default", "all-options", "lead", "token-eta", "wide-decay", "hold"])
 def test_causal_changing_later_tokens_leaves_earlier_logits_unchanged(options):
     model = tiny_model(**options)
     ids = torch.randint(0, 64, (2, 40))
@@ -108,7 +110,7 @@ def test_resize_token_embeddings_keeps_the_tie():
     assert model(torch.tensor([[79, 3, 5]])).logits.shape == (1, 3, 80)
 
 
-@pytest.mark.parametrize("options", [{}, ALL_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS, WIDE_DECAY_OPTIONS], ids=["default", "all-options", "lead", "token-eta", "wide-decay"])
+@pytest.mark.parametrize("options", [{}, ALL_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS, WIDE_DECAY_OPTIONS, HOLD_OPTIONS], ids=["default", "all-options", "lead", "token-eta", "wide-decay", "hold"])
 def test_activation_checkpointing_recomputes_each_block_with_the_same_loss_and_gradients(options):
     ids = torch.randint(0, 64, (2, 20))
     results = []
@@ -240,7 +242,7 @@ def test_remote_code_loads_without_hubtrain(tmp_path):
     assert torch.equal(got["hidden"], model.model(ids).last_hidden_state)
 
 
-@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, ALL_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS, WIDE_DECAY_OPTIONS], ids=["default", "step-options", "all-options", "lead", "token-eta", "wide-decay"])
+@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, ALL_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS, WIDE_DECAY_OPTIONS, HOLD_OPTIONS], ids=["default", "step-options", "all-options", "lead", "token-eta", "wide-decay", "hold"])
 def test_generate_with_cache_equals_generation_without_cache(options):
     model = context_model(**options)
     ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(2))
@@ -255,7 +257,7 @@ def test_generate_with_cache_equals_generation_without_cache(options):
         assert torch.equal(cached, recomputed), kwargs
 
 
-@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, ALL_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS, WIDE_DECAY_OPTIONS], ids=["default", "step-options", "all-options", "lead", "token-eta", "wide-decay"])
+@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, ALL_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS, WIDE_DECAY_OPTIONS, HOLD_OPTIONS], ids=["default", "step-options", "all-options", "lead", "token-eta", "wide-decay", "hold"])
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(options):
     model = context_model(pad_token_id=0, **options)
     prompts = [torch.randint(1, 64, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 8, 5)]
@@ -337,7 +339,7 @@ def test_huge_activations_give_the_float64_outputs_and_gradients():
             assert (p.grad.double() - q.grad).abs().max() <= 1e-4 * q.grad.abs().max(), name
 
 
-@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS, WIDE_DECAY_OPTIONS], ids=["default", "step-options", "lead", "token-eta", "wide-decay"])
+@pytest.mark.parametrize("options", [{}, STEP_OPTIONS, LEAD_OPTIONS, TOKEN_ETA_OPTIONS, WIDE_DECAY_OPTIONS, HOLD_OPTIONS], ids=["default", "step-options", "lead", "token-eta", "wide-decay", "hold"])
 def test_the_one_token_step_equals_the_general_path(options):
     """Decoding takes the fused step (no gradient, one token); with gradients on, the same call takes the general
     path: both give the same logits and the same next state."""

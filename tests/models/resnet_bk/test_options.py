@@ -10,7 +10,7 @@ import torch
 
 from checks import OPTION_CONTRIBUTIONS, OPTION_TINY, check_option_contributes, option_model, random_option_weights
 from hubtrain.models.resnet_bk import ResNetBKConfig
-from hubtrain.models.resnet_bk.modeling_resnet_bk import prime_bump_potential, semiseparable_scan
+from hubtrain.models.resnet_bk.modeling_resnet_bk import prime_bump_potential, semiseparable_scan, semiseparable_step
 
 TINY = OPTION_TINY
 tiny_model = option_model  # (seed=0, dtype=torch.float64, **options): shared with tests/sensitivity
@@ -216,7 +216,7 @@ def test_decayed_semiseparable_term_in_the_mixer_is_bounded_independently_of_the
     x = torch.randn(1, 20000, TINY["d_model"], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         q, k, v = mixer.ss_proj(x).split([r, r, r], -1)
-        written, log_decay = mixer.semiseparable_decay(x, v, None)
+        written, log_decay = mixer.semiseparable_decay(mixer.ss_decay(x), v, None)
         gamma = torch.exp(-torch.nn.functional.softplus(mixer.ss_decay(x)))
         assert torch.allclose(log_decay.exp(), gamma, atol=1e-14)
         assert torch.allclose(written, v * (1 - gamma).repeat_interleave(r // h, -1), atol=1e-14)
@@ -245,6 +245,81 @@ def test_decayed_semiseparable_term_in_the_mixer_is_bounded_independently_of_the
         gate = mixer.in_proj(x)[..., -x.shape[-1] :]
         expected = mixer.ss_out(ss) * torch.nn.functional.silu(gate)
     assert expected.abs().max() > 0.01 * out.abs().max() and torch.allclose(added, expected, atol=1e-12)
+
+
+def test_relu_decay_keeps_a_heads_sum_exactly_where_its_projection_is_not_positive():
+    """semiseparable_decay_activation="relu": delta = relu(W x + b), started at the same deltas as softplus (the bias
+    is delta itself), so a head whose projection is <= 0 at a token neither writes nor forgets there: its sum after
+    that token is bit for bit the sum before, however many such tokens pass.  The mixer's term is the decayed
+    recurrence with gamma = exp(-relu(W x + b)).  Under softplus no token keeps any head's sum exactly."""
+    r, s = 4, 8
+    options = dict(use_semiseparable=True, low_rank=r, semiseparable_value_dim=s, semiseparable_decay_heads=s)
+    fresh = tiny_model(semiseparable_decay_activation="relu", **options).model.layers[0].mixer
+    assert torch.allclose(fresh.ss_decay.bias, torch.logspace(-3, -1, s).double(), atol=1e-15)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 40), generator=torch.Generator().manual_seed(1))
+    for activation, kept_somewhere in (("relu", True), ("softplus", False)):
+        model = random_option_weights(tiny_model(semiseparable_decay_activation=activation, initializer_range=0.2,
+                                                 **options))
+        mixer, x, _ = capture_mixer(model, ids)
+        with torch.no_grad():
+            q, k, v, logits, _ = mixer.semiseparable_inputs(x, None, None)
+            written, log_decay = mixer.semiseparable_decay(logits, v, None)
+            delta = torch.relu(logits) if activation == "relu" else torch.nn.functional.softplus(logits)
+            assert torch.allclose(-log_decay, delta, atol=1e-14)
+            S, kept = torch.zeros(2, r, s, dtype=x.dtype), torch.zeros(2, 40, s, dtype=torch.bool)
+            for i in range(40):  # one token at a time, as decoding runs it
+                _, new = semiseparable_step(q[:, i], k[:, i], written[:, i], S, log_decay[:, i])
+                kept[:, i] = (new == S).all(dim=1)  # head (= value channel) by head: unchanged bit for bit
+                S = new
+        assert bool(kept.any()) == kept_somewhere
+        if kept_somewhere:  # exactly where the projection is <= 0, and nowhere else
+            assert torch.equal(kept, logits <= 0) and 0.1 < kept.double().mean() < 0.9
+        # the mixer adds the gated ss_out of that recurrence
+        gamma = torch.exp(-delta)
+        ss, _ = decayed_reference(q / r**0.5, k, v * (1 - gamma), gamma)
+        without = copy.deepcopy(mixer)
+        without.config.use_semiseparable = False
+        N = x.shape[1]
+        mask, positions = torch.ones(2, N, dtype=x.dtype), torch.arange(1, N + 1).expand(2, N)
+        mask_prev = torch.cat([torch.zeros(2, 1, dtype=x.dtype), mask[:, 1:]], 1)
+        with torch.no_grad():
+            added = mixer(x, mask, mask_prev, positions)[0] - without(x, mask, mask_prev, positions)[0]
+            expected = mixer.ss_out(ss) * torch.nn.functional.silu(mixer.in_proj(x)[..., -x.shape[-1]:])
+        assert expected.abs().max() > 0.01 * added.abs().max() and torch.allclose(added, expected, atol=1e-12)
+
+
+def test_semiseparable_decay_conv_takes_the_decays_from_the_last_w_tokens_and_starts_as_the_identity():
+    """semiseparable_decay_conv=True: the decay heads' projections W x + b go through the term's causal convolution
+    with its q, k and v, so head h's logit at i is c_h + sum_j T[h, w-1-j] (W x_{i-j} + b)_h over the last w tokens;
+    at initialisation the taps are the identity, so the model equals the model without it on the same weights."""
+    w, r, s = 3, 4, 8
+    options = dict(use_semiseparable=True, low_rank=r, semiseparable_value_dim=s, semiseparable_decay_heads=s,
+                   semiseparable_conv_width=w, initializer_range=0.2)
+    model = tiny_model(semiseparable_decay_conv=True, **options)
+    ids = torch.randint(0, TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(1))
+
+    def without_decay_conv(m):
+        other = tiny_model(**options)
+        weights = {name: (t[: 2 * r + s] if "ss_conv" in name else t) for name, t in m.state_dict().items()}
+        other.load_state_dict(weights)
+        return other
+
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, without_decay_conv(model)(ids).logits, rtol=0, atol=1e-12)
+        random_option_weights(model)  # drawn at random, the decays' taps change the logits
+        assert (model(ids).logits - without_decay_conv(model)(ids).logits).abs().max() > 1e-3
+    mixer, x, _ = capture_mixer(model, ids)
+    N = x.shape[1]
+    with torch.no_grad():
+        z = mixer.ss_decay(x)
+        T, c = mixer.ss_conv.weight[-s:, 0], mixer.ss_conv.bias[-s:]
+        mixed = torch.stack([c + sum(T[:, w - 1 - j] * z[:, i - j] for j in range(w) if i - j >= 0) for i in range(N)], 1)
+        *_, logits, window = mixer.semiseparable_inputs(x, None, None)
+        assert torch.allclose(logits, mixed, atol=1e-12) and not torch.allclose(logits, z, atol=1e-3)
+        # the window carries the decays' last w - 1 projections with q, k and v's: continuing from it is one pass
+        *_, first, win = mixer.semiseparable_inputs(x[:, :5], None, None)
+        *_, rest, _ = mixer.semiseparable_inputs(x[:, 5:], None, win)
+        assert torch.allclose(torch.cat([first, rest], 1), logits, atol=1e-12)
 
 
 @pytest.mark.parametrize("chain", ["token", "lead"])
@@ -676,6 +751,12 @@ def test_dropout_p_is_applied_in_training_only():
         (dict(use_semiseparable=True, semiseparable_value_dim=0), "semiseparable_value_dim=0"),
         (dict(semiseparable_value_dim=8), "use_semiseparable=True"),
         (dict(use_semiseparable=True, semiseparable_value_dim=6, semiseparable_decay_heads=4), "semiseparable_value_dim=6"),
+        (dict(use_semiseparable=True, semiseparable_decay_heads=4, semiseparable_decay_activation="exp"), "'exp'"),
+        (dict(use_semiseparable=True, semiseparable_decay_activation="relu"), "semiseparable_decay_heads > 0"),
+        (dict(use_semiseparable=True, semiseparable_decay_heads=4, semiseparable_decay_conv=True),
+         "semiseparable_conv_width > 1"),
+        (dict(use_semiseparable=True, semiseparable_conv_width=4, semiseparable_decay_conv=True),
+         "semiseparable_decay_heads > 0"),
     ],
 )
 def test_bad_options_raise_errors_that_name_the_field(kwargs, field):

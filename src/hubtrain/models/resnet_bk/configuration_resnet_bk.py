@@ -82,6 +82,12 @@ class ResNetBKConfig(PretrainedConfig):
             w > 1: from a depthwise causal convolution over the last w tokens' projections, started as the identity
             (Mamba's conv1d before B, C and x; GLA's and DeltaNet's short convolution), so that a key and the value
             next to it meet at one position before the term writes them; the cache keeps the last w - 1.
+        semiseparable_decay_activation: "softplus" (default) or "relu": delta = softplus(W x + b) or relu(W x + b).
+            Under relu a head keeps its sum exactly (delta = 0, nothing written or forgotten) through every token
+            whose projection is <= 0, so what it holds does not fade with the length of the filler between.
+        semiseparable_decay_conv: take the decay heads' W x through the term's causal convolution with its q, k and
+            v (needs semiseparable_conv_width > 1), as Mamba takes dt from its convolved x: a token sets how much
+            to write and forget from the last w tokens, for example only right after a trigger.
         use_act, act_halt_threshold, act_ponder_weight: adaptive computation time across layers; a token stops
             being updated once its cumulative halting probability reaches 1 - act_halt_threshold, and
             act_ponder_weight times the ponder cost is added to the loss.
@@ -136,6 +142,8 @@ class ResNetBKConfig(PretrainedConfig):
     semiseparable_decay_heads: int = 0
     semiseparable_value_dim: int | None = None
     semiseparable_conv_width: int = 0
+    semiseparable_decay_activation: str = "softplus"
+    semiseparable_decay_conv: bool = False
     use_act: bool = False
     act_halt_threshold: float = 0.01
     act_ponder_weight: float = 0.01
@@ -229,6 +237,22 @@ class ResNetBKConfig(PretrainedConfig):
             raise ValueError(
                 f"ResNetBKConfig: semiseparable_decay_heads={heads} must divide {named} (the heads split the term's "
                 "values)"
+            )
+        activation = self.semiseparable_decay_activation
+        if activation not in ("softplus", "relu"):
+            raise ValueError(
+                f"ResNetBKConfig: semiseparable_decay_activation={activation!r} must be 'softplus' or 'relu'"
+            )
+        if activation != "softplus" and not heads:
+            raise ValueError(
+                f"ResNetBKConfig: semiseparable_decay_activation={activation!r} sets the decay heads' delta; set "
+                "semiseparable_decay_heads > 0 or semiseparable_decay_activation='softplus'"
+            )
+        if self.semiseparable_decay_conv and not (heads and conv > 1):
+            raise ValueError(
+                f"ResNetBKConfig: semiseparable_decay_conv=True convolves the decay heads' projection with the term's "
+                f"inputs; set semiseparable_decay_heads > 0 (now {heads}) and semiseparable_conv_width > 1 (now "
+                f"{conv}), or semiseparable_decay_conv=False"
             )
         if self.ffn_dim is None:
             self.ffn_dim = 2 * self.d_model

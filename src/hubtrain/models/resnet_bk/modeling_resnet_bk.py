@@ -320,7 +320,8 @@ class ResNetBKGreenMixer(nn.Module):
             self.ss_proj = nn.Linear(d, 2 * r + s, bias=False)  # queries, keys (r each) and values (s)
             self.ss_out = nn.Linear(s, d, bias=False)
             if config.semiseparable_conv_width > 1:  # a key and the value next to it meet before the term writes
-                self.ss_conv = ResNetBKCausalConv(2 * r + s, config.semiseparable_conv_width)
+                h = config.semiseparable_decay_heads if config.semiseparable_decay_conv else 0  # and the decays
+                self.ss_conv = ResNetBKCausalConv(2 * r + s + h, config.semiseparable_conv_width)
             if config.semiseparable_decay_heads:  # each token sets how much of every head's sum to keep
                 self.ss_decay = nn.Linear(d, config.semiseparable_decay_heads)
 
@@ -531,14 +532,13 @@ class ResNetBKGreenMixer(nn.Module):
         out = self.out_proj(feats.reshape(B, N, H * (2 * P + 2)))
         if c.use_semiseparable:
             r = c.low_rank
-            z = self.ss_proj(x)
-            if hasattr(self, "ss_conv"):  # padding enters the convolution as zeros, as nothing would
-                z, ss_window = self.ss_conv(z * mask.unsqueeze(-1), None if state is None else state.get("ss_conv"))
-                if new_state is not None:
-                    new_state["ss_conv"] = ss_window
-            q, k, vv = z.split([r, r, self.ss_out.in_features], dim=-1)
+            q, k, vv, logits, ss_window = self.semiseparable_inputs(
+                x, mask.unsqueeze(-1), None if state is None else state.get("ss_conv")
+            )
+            if new_state is not None and ss_window is not None:
+                new_state["ss_conv"] = ss_window
             k = k * mask.unsqueeze(-1)
-            vv, log_decay = self.semiseparable_decay(x, vv, mask.unsqueeze(-1))
+            vv, log_decay = self.semiseparable_decay(logits, vv, mask.unsqueeze(-1))
             # the chunk's (L, L, heads) decay mask costs L^2 per head: shorter chunks for many heads (same sums)
             chunk = min(64, max(8, 1024 // c.semiseparable_decay_heads)) if c.semiseparable_decay_heads else 64
             ss, ss_state = semiseparable_scan(
@@ -551,12 +551,34 @@ class ResNetBKGreenMixer(nn.Module):
         phase = torch.atan2(g_im, g_re).mean(-1)  # mean scattering phase over channels, in (0, pi)
         return out, phase, new_state
 
-    def semiseparable_decay(self, x: Tensor, v: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-        """With decay heads: the values written with 1 - gamma and log gamma = -delta (..., h), delta = softplus(W x + b);
-        padded tokens (mask 0) keep the state.  Without: v and None (the undecayed running sum)."""
-        if not self.config.semiseparable_decay_heads:
+    def semiseparable_inputs(
+        self, x: Tensor, mask: Optional[Tensor], window: Optional[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        """The term's q, k, v and decay projections W x + b (None without decay heads), through its causal
+        convolution when it has one (the decays too under semiseparable_decay_conv), and the window after it.
+        Padding (mask 0) enters the convolution as zeros, as nothing would."""
+        c = self.config
+        r, s = c.low_rank, self.ss_out.in_features
+        z = self.ss_proj(x)
+        h = c.semiseparable_decay_heads if c.semiseparable_decay_conv else 0
+        if h:
+            z = torch.cat([z, self.ss_decay(x)], dim=-1)
+        if hasattr(self, "ss_conv"):
+            z, window = self.ss_conv(z if mask is None else z * mask, window)
+        if h:
+            q, k, v, logits = z.split([r, r, s, h], dim=-1)
+        else:
+            q, k, v = z.split([r, r, s], dim=-1)
+            logits = self.ss_decay(x) if c.semiseparable_decay_heads else None
+        return q, k, v, logits, window
+
+    def semiseparable_decay(self, logits: Optional[Tensor], v: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        """With decay heads: the values written with 1 - gamma and log gamma = -delta (..., h), delta = softplus or
+        relu of the heads' projections W x + b; padded tokens (mask 0) keep the state.  Without (logits None): v and
+        None (the undecayed running sum)."""
+        if logits is None:
             return v, None
-        delta = F.softplus(self.ss_decay(x))
+        delta = F.relu(logits) if self.config.semiseparable_decay_activation == "relu" else F.softplus(logits)
         if mask is not None:
             delta = delta * mask
         write = -torch.expm1(-delta)  # 1 - gamma: every head's sum is a convex combination of k v^T
@@ -641,12 +663,11 @@ class ResNetBKGreenMixer(nn.Module):
         out = F.linear(feats, consts["out_w"], self.out_proj.bias)
         if c.use_semiseparable:
             r = c.low_rank
-            z = self.ss_proj(x)
-            if hasattr(self, "ss_conv"):
-                z, state["ss_conv"] = self.ss_conv(z.unsqueeze(1), state.get("ss_conv"))
-                z = z.squeeze(1)
-            q, k, vv = z.split([r, r, self.ss_out.in_features], dim=-1)
-            vv, log_decay = self.semiseparable_decay(x, vv, None)
+            q, k, vv, logits, window = self.semiseparable_inputs(x.unsqueeze(1), None, state.get("ss_conv"))
+            if window is not None:
+                state["ss_conv"] = window
+            q, k, vv = q.squeeze(1), k.squeeze(1), vv.squeeze(1)
+            vv, log_decay = self.semiseparable_decay(None if logits is None else logits.squeeze(1), vv, None)
             ss, state["ss"] = semiseparable_step(q * r**-0.5, k, vv, state["ss"], log_decay)
             out = out + self.ss_out(ss)
         out = out * F.silu(gate)
@@ -878,7 +899,10 @@ class ResNetBKPreTrainedModel(PreTrainedModel):
                 # delta log-spaced from 0.001 to 0.1 over the heads, as Mamba's dt: memories of ~10 to ~1000 tokens
                 h = module.ss_decay.out_features
                 delta = torch.logspace(-3, -1, h) if h > 1 else torch.tensor([0.01])
-                init.copy_(module.ss_decay.bias, delta + torch.log(-torch.expm1(-delta)))  # softplus^-1
+                if module.config.semiseparable_decay_activation == "relu":
+                    init.copy_(module.ss_decay.bias, delta)
+                else:
+                    init.copy_(module.ss_decay.bias, delta + torch.log(-torch.expm1(-delta)))  # softplus^-1
         elif isinstance(module, ResNetBKCausalConv):
             # the convolution starts as the identity (last tap 1, the others 0): at initialisation the mixer sees
             # each position's own projections, as without it, and training learns what to take from before
