@@ -30,6 +30,19 @@ def capture_mixer(model, ids, layer=0):
     return mixer, seen["x"], feats
 
 
+def with_and_without_term(mixer, x):
+    """The mixer's output on x (every position a real token), and that output minus the output of the same mixer
+    with the semiseparable term switched off: what the term adds."""
+    without = copy.deepcopy(mixer)
+    without.config.use_semiseparable = False
+    B, N = x.shape[:2]
+    mask, positions = torch.ones(B, N, dtype=x.dtype), torch.arange(1, N + 1).expand(B, N)
+    mask_prev = torch.cat([torch.zeros(B, 1, dtype=x.dtype), mask[:, 1:]], 1)
+    with torch.no_grad():
+        out = mixer(x, mask, mask_prev, positions)[0]
+        return out, out - without(x, mask, mask_prev, positions)[0]
+
+
 def dense_causal_rows(a, hop, E, eta):
     """G^(i)[i, :i+1] for every i (list of complex128 rows), by inverting every prefix Hamiltonian minus z, with
     z = E + i eta (eta a number, or a tensor of one absorption per position: z_j = E + i eta_j on the diagonal)."""
@@ -146,14 +159,9 @@ def test_semiseparable_term_equals_dense_masked_qk_v_and_continues_from_its_stat
     # (a wider init than the default makes the term large enough to see)
     model = tiny_model(use_semiseparable=True, low_rank=4, initializer_range=0.2)
     mixer, x, _ = capture_mixer(model, torch.randint(0, 64, (1, 9)))
-    without = copy.deepcopy(mixer)
-    without.config.use_semiseparable = False
-    N, r = x.shape[1], mixer.config.low_rank
-    mask, positions = torch.ones(1, N, dtype=x.dtype), torch.arange(1, N + 1).view(1, N)
-    mask_prev = torch.cat([torch.zeros(1, 1, dtype=x.dtype), mask[:, 1:]], 1)
+    r = mixer.config.low_rank
+    out, added = with_and_without_term(mixer, x)
     with torch.no_grad():
-        out = mixer(x, mask, mask_prev, positions)[0]
-        added = out - without(x, mask, mask_prev, positions)[0]
         q, k, v = mixer.ss_proj(x).split([r, r, r], -1)
         gate = mixer.in_proj(x)[..., -x.shape[-1] :]
         expected = mixer.ss_out(torch.tril(q @ k.transpose(1, 2)) @ v / r**0.5) * torch.nn.functional.silu(gate)
@@ -231,14 +239,8 @@ def test_decayed_semiseparable_term_in_the_mixer_is_bounded_independently_of_the
 
     # the mixer's output minus that of the same mixer without the term: the gated ss_out of the recurrence
     mixer, x, _ = capture_mixer(model, torch.randint(0, 64, (1, 12)))
-    without = copy.deepcopy(mixer)
-    without.config.use_semiseparable = False
-    N = x.shape[1]
-    mask, positions = torch.ones(1, N, dtype=x.dtype), torch.arange(1, N + 1).view(1, N)
-    mask_prev = torch.cat([torch.zeros(1, 1, dtype=x.dtype), mask[:, 1:]], 1)
+    out, added = with_and_without_term(mixer, x)
     with torch.no_grad():
-        out = mixer(x, mask, mask_prev, positions)[0]
-        added = out - without(x, mask, mask_prev, positions)[0]
         q, k, v = mixer.ss_proj(x).split([r, r, r], -1)
         gamma = torch.exp(-torch.nn.functional.softplus(mixer.ss_decay(x)))
         ss, _ = decayed_reference(q / r**0.5, k, v * (1 - gamma).repeat_interleave(r // h, -1), gamma)
@@ -277,13 +279,8 @@ def test_relu_decay_keeps_a_heads_sum_exactly_where_its_projection_is_not_positi
         # the mixer adds the gated ss_out of that recurrence
         gamma = torch.exp(-delta)
         ss, _ = decayed_reference(q / r**0.5, k, v * (1 - gamma), gamma)
-        without = copy.deepcopy(mixer)
-        without.config.use_semiseparable = False
-        N = x.shape[1]
-        mask, positions = torch.ones(2, N, dtype=x.dtype), torch.arange(1, N + 1).expand(2, N)
-        mask_prev = torch.cat([torch.zeros(2, 1, dtype=x.dtype), mask[:, 1:]], 1)
+        _, added = with_and_without_term(mixer, x)
         with torch.no_grad():
-            added = mixer(x, mask, mask_prev, positions)[0] - without(x, mask, mask_prev, positions)[0]
             expected = mixer.ss_out(ss) * torch.nn.functional.silu(mixer.in_proj(x)[..., -x.shape[-1]:])
         assert expected.abs().max() > 0.01 * added.abs().max() and torch.allclose(added, expected, atol=1e-12)
 
@@ -388,10 +385,8 @@ def test_semiseparable_conv_width_mixes_the_terms_last_w_projections_and_starts_
     N = x.shape[1]
     mask, positions = torch.ones(2, N, dtype=x.dtype), torch.arange(1, N + 1).expand(2, N)
     mask_prev = torch.cat([torch.zeros(2, 1, dtype=x.dtype), mask[:, 1:]], 1)
-    no_term = copy.deepcopy(mixer)
-    no_term.config.use_semiseparable = False
+    _, added = with_and_without_term(mixer, x)
     with torch.no_grad():
-        added = mixer(x, mask, mask_prev, positions)[0] - no_term(x, mask, mask_prev, positions)[0]
         z = mixer.ss_proj(x)
         W, b = mixer.ss_conv.weight[:, 0], mixer.ss_conv.bias
         mixed = torch.stack([b + sum(W[:, w - 1 - j] * z[:, i - j] for j in range(w) if i - j >= 0) for i in range(N)], 1)

@@ -560,16 +560,14 @@ class ResNetBKGreenMixer(nn.Module):
         c = self.config
         r, s = c.low_rank, self.ss_out.in_features
         z = self.ss_proj(x)
-        h = c.semiseparable_decay_heads if c.semiseparable_decay_conv else 0
-        if h:
-            z = torch.cat([z, self.ss_decay(x)], dim=-1)
+        logits = self.ss_decay(x) if c.semiseparable_decay_heads else None
+        if c.semiseparable_decay_conv:
+            z = torch.cat([z, logits], dim=-1)
         if hasattr(self, "ss_conv"):
             z, window = self.ss_conv(z if mask is None else z * mask, window)
-        if h:
-            q, k, v, logits = z.split([r, r, s, h], dim=-1)
-        else:
-            q, k, v = z.split([r, r, s], dim=-1)
-            logits = self.ss_decay(x) if c.semiseparable_decay_heads else None
+        if c.semiseparable_decay_conv:
+            z, logits = z.split([2 * r + s, c.semiseparable_decay_heads], dim=-1)
+        q, k, v = z.split([r, r, s], dim=-1)
         return q, k, v, logits, window
 
     def semiseparable_decay(self, logits: Optional[Tensor], v: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
