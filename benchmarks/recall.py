@@ -11,16 +11,18 @@ count; the table lists them):
 Each model gets its own learning rate from a small sweep the script runs first (reported). GPT-2 past its
 ``n_positions`` is "n/a", never 0. Recurrent state per layer is read off one real decoding step.
 
-    python benchmarks/recall.py            # about 70 min on 2 cores: d_model 64, lengths 32/64, 4 and 8 pairs
+    python benchmarks/recall.py            # about an hour on 2 cores: d_model 64, lengths 32/64, 4 and 8 pairs
+    python benchmarks/recall.py --models resnet_bk resnet_bk_ss resnet_bk_recall resnet_bk_hold gpt2 mamba  # + softplus
     python benchmarks/recall.py --full     # the whole grid of the issue (widths 64/128, lengths 64-512, 4-64 pairs)
     python benchmarks/recall.py --quick    # a few minutes: the whole path at toy sizes
 
 Writes ``benchmarks/results/recall.{md,json}`` and ``recall_mqar.png``, ``recall_extrapolation.png``,
 ``recall_passkey.png``. Results are saved as each run finishes; ``--reuse`` picks a stopped run up where it was,
-or adds grid points to a finished one, running only the new ones::
+or adds grid points or models to a finished one, running only the new ones::
 
     mkdir -p benchmarks/results/recall_p16 && cp benchmarks/results/recall.json benchmarks/results/recall_p16/ && \
-        python benchmarks/recall.py --seq-lens 32 64 128 --pairs 4 8 16 --reuse --out benchmarks/results/recall_p16
+        python benchmarks/recall.py --models resnet_bk resnet_bk_ss resnet_bk_recall resnet_bk_hold gpt2 mamba \
+        --seq-lens 32 64 128 --pairs 4 8 16 --reuse --out benchmarks/results/recall_p16
 """
 from __future__ import annotations
 
@@ -37,24 +39,31 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-MODELS = ("resnet_bk", "resnet_bk_ss", "resnet_bk_recall", "resnet_bk_lead", "gpt2", "mamba")
+MODELS = ("resnet_bk", "resnet_bk_ss", "resnet_bk_recall", "resnet_bk_hold", "resnet_bk_lead", "gpt2", "mamba")
 LABELS = {"resnet_bk": "ResNet-BK", "resnet_bk_ss": "ResNet-BK + decayed term (4 heads)",
-          "resnet_bk_recall": "ResNet-BK + a decay per value, conv 4", "resnet_bk_lead": "ResNet-BK lead, K=8",
+          "resnet_bk_recall": "ResNet-BK + a decay per value, conv 4",
+          "resnet_bk_hold": "the same, relu decay (can hold)", "resnet_bk_lead": "ResNet-BK lead, K=8",
           "gpt2": "GPT-2 (sdpa)", "mamba": "Mamba (mambapy)"}
 # ResNet-BK with its options that measurably learn MQAR (docs/resnet_bk.md section 7), as functions of d_model:
 # the semiseparable term tril(Q K^T) V beside the Green's function with 4 decay heads (the recommended language-
 # modelling shape, section 7.7); the same term with 2 d values, each with its own decay set by the token (Mamba's
 # per-channel form, section 7.9), its queries, keys and values from a short causal convolution (Mamba's conv1d,
-# section 7.10), experts of 7 d / 32 keeping it at Mamba's parameters; and the keyed resolvent of a band-edge chain
-# with a lead (the Green's function itself recalling, section 7.1)
+# section 7.10), experts of 7 d / 32 keeping it at Mamba's parameters; the same with relu decays, which hold a sum
+# exactly through tokens that do not write (section 7.12, same parameters); and the keyed resolvent of a band-edge
+# chain with a lead (the Green's function itself recalling, section 7.1)
 VARIANTS = {
     "resnet_bk_ss": lambda d: {"use_semiseparable": True, "low_rank": 16, "semiseparable_decay_heads": 4},
     "resnet_bk_recall": lambda d: {"use_semiseparable": True, "low_rank": 16, "semiseparable_value_dim": 2 * d,
                                    "semiseparable_decay_heads": 2 * d, "semiseparable_conv_width": 4,
                                    "ffn_dim": 7 * d // 32},
+    "resnet_bk_hold": lambda d: {"use_semiseparable": True, "low_rank": 16, "semiseparable_value_dim": 2 * d,
+                                 "semiseparable_decay_heads": 2 * d, "semiseparable_conv_width": 4,
+                                 "semiseparable_decay_activation": "relu", "ffn_dim": 7 * d // 32},
     "resnet_bk_lead": lambda d: {"chain": "lead", "key_dim": 8},
 }
-DEFAULT_MODELS = ["resnet_bk", "resnet_bk_ss", "resnet_bk_recall", "gpt2", "mamba"]
+# the per-value shape with softplus decays (resnet_bk_recall) is left to --models: relu is above it on the MQAR grid
+# (section 7.13), and the defaults must fit about an hour on 2 cores
+DEFAULT_MODELS = ["resnet_bk", "resnet_bk_ss", "resnet_bk_hold", "gpt2", "mamba"]
 
 
 # --------------------------------------------------------------------------------------------------------- models
@@ -124,8 +133,9 @@ class Store:
 
 def same_runs(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether runs made under ``old`` settings are the runs ``new`` would make: every setting equal but the grid's
-    axes, which may grow (runs are keyed by their grid point; the sweep and long runs use the first pairs and width)."""
-    axes = ("seq_lens", "pairs", "widths")
+    axes and the models, which may grow (runs are keyed by their grid point and model; the sweep and long runs use
+    the first pairs and width, and GPT-2 and Mamba are sized to plain ResNet-BK, whatever the other models)."""
+    axes = ("seq_lens", "pairs", "widths", "models", "long_models")
     return ({k: v for k, v in old.items() if k not in axes} == {k: v for k, v in new.items() if k not in axes}
             and all(old[k][0] == new[k][0] for k in ("pairs", "widths")))
 
@@ -356,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=MODELS,
                    help="resnet_bk_lead (about 5x slower, at chance at this budget) is left out unless named")
     p.add_argument("--vocab", type=int, default=128, help="MQAR vocabulary (keys from the first half, values the second)")
-    p.add_argument("--long-models", nargs="+", default=["resnet_bk", "resnet_bk_ss", "resnet_bk_recall", "gpt2"], choices=MODELS,
+    p.add_argument("--long-models", nargs="+", default=["resnet_bk", "resnet_bk_ss", "resnet_bk_recall", "resnet_bk_hold", "gpt2"],
+                   choices=MODELS,
                    help="models of the extrapolation and passkey runs (Mamba's CPU scan makes them hours; --full adds it)")
     p.add_argument("--widths", type=int, nargs="+", default=[64])
     p.add_argument("--layers", type=int, default=2)
@@ -388,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                         "longer training): many hours on a 2-core CPU, for a machine with more cores (--jobs)")
     p.add_argument("--reuse", action="store_true",
                    help="keep the finished runs of an earlier call with these settings (or these settings with more "
-                        "lengths, pairs or widths: only the new grid points run)")
+                        "lengths, pairs, widths or models: only the new runs run)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if "mamba" in args.models and importlib.util.find_spec("mambapy") is None:  # else a silent ~12x slower scan

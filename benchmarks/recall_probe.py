@@ -31,6 +31,10 @@ flags below, so every figure in the table can be made again::
     python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "semiseparable_value_dim": 128, \
         "semiseparable_decay_heads": 128, "semiseparable_conv_width": 4, "ffn_dim": 14}' --task induction_heads \
         --batch 32 --steps 3000 --lr 1e-2 --eval-lengths 64 256 1024 4096  # induction heads, scored at 64x
+    python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "semiseparable_value_dim": 128, \
+        "semiseparable_decay_heads": 128, "semiseparable_conv_width": 4, "semiseparable_decay_activation": "relu", \
+        "ffn_dim": 14}' --task induction_heads --batch 32 --steps 3000 --lr 1e-2 --eval-lengths 64 256 1024 4096 \
+        --seed 2                                                            # the same with decays that can hold
 
 The transmission flags (--strip-phase, --decay-semiseparable, --smooth-transmission) rebuild the scan's output
 from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine at length 64, for probing only.
