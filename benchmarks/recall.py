@@ -51,14 +51,15 @@ LABELS = {"resnet_bk": "ResNet-BK", "resnet_bk_ss": "ResNet-BK + decayed term (4
 # section 7.10), experts of 7 d / 32 keeping it at Mamba's parameters; the same with relu decays, which hold a sum
 # exactly through tokens that do not write (section 7.12, same parameters); and the keyed resolvent of a band-edge
 # chain with a lead (the Green's function itself recalling, section 7.1)
+def per_value(d: int) -> dict[str, Any]:
+    return {"use_semiseparable": True, "low_rank": 16, "semiseparable_value_dim": 2 * d,
+            "semiseparable_decay_heads": 2 * d, "semiseparable_conv_width": 4, "ffn_dim": 7 * d // 32}
+
+
 VARIANTS = {
     "resnet_bk_ss": lambda d: {"use_semiseparable": True, "low_rank": 16, "semiseparable_decay_heads": 4},
-    "resnet_bk_recall": lambda d: {"use_semiseparable": True, "low_rank": 16, "semiseparable_value_dim": 2 * d,
-                                   "semiseparable_decay_heads": 2 * d, "semiseparable_conv_width": 4,
-                                   "ffn_dim": 7 * d // 32},
-    "resnet_bk_hold": lambda d: {"use_semiseparable": True, "low_rank": 16, "semiseparable_value_dim": 2 * d,
-                                 "semiseparable_decay_heads": 2 * d, "semiseparable_conv_width": 4,
-                                 "semiseparable_decay_activation": "relu", "ffn_dim": 7 * d // 32},
+    "resnet_bk_recall": per_value,
+    "resnet_bk_hold": lambda d: per_value(d) | {"semiseparable_decay_activation": "relu"},
     "resnet_bk_lead": lambda d: {"chain": "lead", "key_dim": 8},
 }
 # the per-value shape with softplus decays (resnet_bk_recall) is left to --models: relu is above it on the MQAR grid
