@@ -35,6 +35,10 @@ flags below, so every figure in the table can be made again::
         "semiseparable_decay_heads": 128, "semiseparable_conv_width": 4, "semiseparable_decay_activation": "relu", \
         "ffn_dim": 14}' --task induction_heads --batch 32 --steps 3000 --lr 1e-2 --eval-lengths 64 256 1024 4096 \
         --seed 2                                                            # the same with decays that can hold
+    python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "semiseparable_value_dim": 128, \
+        "semiseparable_decay_heads": 128, "semiseparable_conv_width": 4, "semiseparable_decay_activation": "relu", \
+        "ffn_dim": 14}' --task passkey --length 256 --batch 8 --steps 3000 --lr 1e-2 \
+        --eval-lengths 256 1024 4096 16384 --eval-examples 64              # passkey, exact per depth, to 64x
 
 The transmission flags (--strip-phase, --decay-semiseparable, --smooth-transmission) rebuild the scan's output
 from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine at length 64, for probing only.
@@ -218,12 +222,15 @@ def main() -> None:
                         "pairs first and spread the queries over more filler, so they test how long the pairs are kept)")
     p.add_argument("--peer", choices=["mamba", "gpt2"],
                    help="train this peer instead, sized as benchmarks/recall.py sizes it (OPTIONS then sets nothing)")
-    p.add_argument("--task", choices=["mqar", "induction_heads", "selective_copying"], default="mqar",
+    p.add_argument("--task", choices=["mqar", "induction_heads", "selective_copying", "passkey"], default="mqar",
                    help="the suite's task to train and score (--pairs sets MQAR only; the others at their defaults)")
     p.add_argument("--batch", type=int, default=64, help="training batch size")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the training examples")
+    p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.5, 1.0],
+                   help="passkey: score the exact 5-digit accuracy at these depths too (trained at random depths)")
+    p.add_argument("--eval-examples", type=int, default=256, help="held-out examples per scored length (and depth)")
     args = p.parse_args()
     scans = [name for name in ("selective_absorption", "lead", "strip_phase", "decay_semiseparable", "smooth_transmission")
              if getattr(args, name) not in (None, False)]
@@ -231,7 +238,7 @@ def main() -> None:
         p.error(f"--{' and --'.join(n.replace('_', '-') for n in scans)} each replace the scan: use one at a time")
     torch.set_num_threads(1)
     import hubtrain.models.resnet_bk.modeling_resnet_bk as modeling
-    from hubtrain.evaluation.recall import MQAR, TASKS, evaluate, train
+    from hubtrain.evaluation.recall import MQAR, TASKS, Passkey, evaluate, train
     from hubtrain.models.resnet_bk import ResNetBKConfig
 
     Mixer = modeling.ResNetBKGreenMixer
@@ -444,10 +451,16 @@ def main() -> None:
         config = configs(args.peer, vocab=task.vocab_size, d=64, layers=2, max_len=n, resnet_bk={})
     t0 = time.time()
     lm = train(config, task, n, steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed)
-    result = evaluate(lm.model, task, n, examples=256)
+    k = args.eval_examples
+    result = evaluate(lm.model, task, n, examples=k)
     # None where the model cannot run (GPT-2 past its n_positions): not applicable, not zero
-    at_length = {m: round((result if m == n else evaluate(lm.model, task, m, examples=256))["accuracy"], 3)
-                 if args.peer != "gpt2" or m <= config.n_positions else None for m in args.eval_lengths}
+    runs = [m for m in args.eval_lengths if args.peer != "gpt2" or m <= config.n_positions]
+    at_length = {m: round((result if m == n else evaluate(lm.model, task, m, examples=k))["accuracy"], 3)
+                 if m in runs else None for m in args.eval_lengths}
+    if args.task == "passkey":  # as recall.py reports it: exact 5-digit accuracy per depth and length
+        at_length = {"accuracy": at_length, "exact_by_depth": {d: {m: round(evaluate(
+            lm.model, Passkey(depth=d), m, examples=k, batch_size=4)["exact"], 3) if m in runs else None
+            for m in args.eval_lengths} for d in args.depths}}
     flags = {k: v for k, v in vars(args).items() if k not in ("options", "report_transmission", "steps", "lr")}
     mixers = [m for m in lm.model.modules() if isinstance(m, Mixer)]
     trained = {f"layer {i}": {"E": [round(x, 3) for x in energy.tolist()], "eta": [float(f"{x:.3g}") for x in eta.tolist()]}
