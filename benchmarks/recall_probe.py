@@ -39,6 +39,10 @@ flags below, so every figure in the table can be made again::
         "semiseparable_decay_heads": 128, "semiseparable_conv_width": 4, "semiseparable_decay_activation": "relu", \
         "ffn_dim": 14}' --task passkey --length 256 --batch 8 --steps 3000 --lr 1e-2 \
         --eval-lengths 256 1024 4096 16384 --eval-examples 64              # passkey, exact per depth, to 64x
+    python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "semiseparable_value_dim": 128, \
+        "semiseparable_decay_heads": 128, "semiseparable_conv_width": 4, "semiseparable_decay_activation": "relu", \
+        "ffn_dim": 14}' --task passkey --length 1024 --batch 4 --steps 3000 --lr 1e-2 --log-gap 0.5 \
+        --eval-lengths 1024 4096 16384 32768 --eval-examples 64            # half the keys near the question
 
 The transmission flags (--strip-phase, --decay-semiseparable, --smooth-transmission) rebuild the scan's output
 from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine at length 64, for probing only.
@@ -230,6 +234,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the training examples")
     p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.5, 1.0],
                    help="passkey: score the exact 5-digit accuracy at these depths too (trained at random depths)")
+    p.add_argument("--log-gap", type=float, default=0.0, metavar="SHARE",
+                   help="passkey: train with this share of keys at a log-uniform distance from the question (Passkey.log_gap)")
     p.add_argument("--eval-examples", type=int, default=256, help="held-out examples per scored length (and depth)")
     args = p.parse_args()
     scans = [name for name in ("selective_absorption", "lead", "strip_phase", "decay_semiseparable", "smooth_transmission")
@@ -436,7 +442,7 @@ def main() -> None:
             mixer.out_proj.weight.zero_(), mixer.out_proj.bias.zero_()
             mixer.out_proj.requires_grad_(False)
         after_init_weights(no_chain)
-    task = MQAR(vocab=128, num_pairs=args.pairs) if args.task == "mqar" else TASKS[args.task]()
+    task = MQAR(vocab=128, num_pairs=args.pairs) if args.task == "mqar" else Passkey(log_gap=args.log_gap) if args.task == "passkey" else TASKS[args.task]()
     n = args.length
     args.eval_lengths = args.eval_lengths or [n]
     shape = dict(vocab_size=task.vocab_size, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,

@@ -2,6 +2,8 @@
 context scores at chance, and the suite trains and scores a model through hubtrain's own task and trainer."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -51,6 +53,26 @@ def test_task_specific_layouts():
     assert ((key_at - 94).abs() <= 2).all()  # the key sits at half depth
     with pytest.raises(ValueError, match="shorter than the task needs"):
         MQAR(num_pairs=16).sample(1, 32, seed=0)
+
+
+def test_passkey_log_gap_draws_keys_near_the_question_as_often_as_far_ones():
+    L, n = 1024, 6
+    room = L - 2 * n
+    for log_gap, near_share in ((0.0, (0.0, 0.02)), (1.0, (0.25, 0.40))):
+        ids, labels = Passkey(log_gap=log_gap).sample(2000, L, seed=0)
+        key_at = (ids == 11).nonzero()[:, 1]
+        assert key_at.shape == (2000,) and (key_at >= 0).all() and (key_at <= room - 1).all()
+        assert ((ids == 12).nonzero()[:, 1] == L - n).all()
+        digits = ids[torch.arange(2000)[:, None], key_at[:, None] + torch.arange(1, n)]
+        assert torch.equal(digits, labels[:, L - n + 1:])  # the answer is the key that was hidden
+        gap = room - key_at  # 1 at depth 1, room at depth 0
+        low, high = near_share
+        assert low <= float((gap <= 8).float().mean()) <= high  # log-uniform: ln 9 / ln 1013 = 0.32 of rows
+        if log_gap:
+            assert 0.40 <= float((gap <= math.sqrt(room)).float().mean()) <= 0.60  # the median gap is ~sqrt(room)
+            assert (gap == 1).any() and (gap > room - 100).any()  # both ends are drawn
+    with pytest.raises(ValueError, match="log_gap=1.5 is outside"):
+        Passkey(log_gap=1.5)
 
 
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: t.name)

@@ -18,6 +18,7 @@ Each task also knows its exact answer (:meth:`RecallTask.oracle`, which scores 1
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,12 +175,21 @@ class InductionHeads(RecallTask):
 @dataclass(frozen=True)
 class Passkey(RecallTask):
     """A 5-digit pass key hidden at ``depth`` (a fraction of the sequence) in repeated filler, asked for at the end:
-    ``... KEY d1..d5 ... QUERY d1..d5`` with the final digits scored. ``depth=None`` draws it per example."""
+    ``... KEY d1..d5 ... QUERY d1..d5`` with the final digits scored. ``depth=None`` draws it per example: uniformly,
+    or for a ``log_gap`` share of the examples at a log-uniform distance from the question, so that keys just before
+    the question (depth 1, which a uniform depth almost never draws at long lengths) are seen as often as far ones."""
 
     digits: int = 5
     depth: float | None = None
+    log_gap: float = 0.0
     name: str = field(init=False, default="passkey")
     FILLER = (13, 14, 15, 16, 17, 18, 19, 20, 21, 13, 22, 23)  # a fixed "sentence" of filler tokens, repeated
+
+    def __post_init__(self) -> None:
+        for knob in ("depth", "log_gap"):
+            value = getattr(self, knob)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"passkey: {knob}={value} is outside [0, 1]; give a fraction of the sequence")
 
     @property
     def vocab_size(self) -> int:
@@ -198,8 +208,12 @@ class Passkey(RecallTask):
         ids[:] = filler.repeat(L // len(filler) + 1)[:L]
         key = torch.randint(1, 11, (self.digits,), generator=gen)
         room = L - 2 * n
-        depth = float(torch.rand(1, generator=gen)) if self.depth is None else self.depth
-        at = min(room - 1, int(round(depth * room)))
+        if self.depth is not None:
+            at = min(room - 1, int(round(self.depth * room)))
+        elif self.log_gap and float(torch.rand(1, generator=gen)) < self.log_gap:  # distance 1 .. room from the end, log-uniform
+            at = room - min(room, int(math.exp(float(torch.rand(1, generator=gen)) * math.log(room + 1))))
+        else:
+            at = min(room - 1, int(round(float(torch.rand(1, generator=gen)) * room)))
         ids[at], ids[at + 1 : at + n] = 11, key
         ids[L - n], ids[L - n + 1 :] = 12, key
         labels[L - n + 1 :] = key
