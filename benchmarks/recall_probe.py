@@ -236,6 +236,9 @@ def main() -> None:
                    help="passkey: score the exact 5-digit accuracy at these depths too (trained at random depths)")
     p.add_argument("--log-gap", type=float, default=0.0, metavar="SHARE",
                    help="passkey: train with this share of keys at a log-uniform distance from the question (Passkey.log_gap)")
+    p.add_argument("--eval-window", type=int, metavar="W",
+                   help="selective copying: also score every length with the data in the last W positions before the "
+                        "separator (SelectiveCopying.window): as dense as at the training length, behind long filler")
     p.add_argument("--eval-examples", type=int, default=256, help="held-out examples per scored length (and depth)")
     args = p.parse_args()
     scans = [name for name in ("selective_absorption", "lead", "strip_phase", "decay_semiseparable", "smooth_transmission")
@@ -244,7 +247,7 @@ def main() -> None:
         p.error(f"--{' and --'.join(n.replace('_', '-') for n in scans)} each replace the scan: use one at a time")
     torch.set_num_threads(1)
     import hubtrain.models.resnet_bk.modeling_resnet_bk as modeling
-    from hubtrain.evaluation.recall import MQAR, TASKS, Passkey, evaluate, train
+    from hubtrain.evaluation.recall import MQAR, TASKS, Passkey, SelectiveCopying, evaluate, train
     from hubtrain.models.resnet_bk import ResNetBKConfig
 
     Mixer = modeling.ResNetBKGreenMixer
@@ -467,6 +470,10 @@ def main() -> None:
         at_length = {"accuracy": at_length, "exact_by_depth": {d: {m: round(evaluate(
             lm.model, Passkey(depth=d), m, examples=k, batch_size=4)["exact"], 3) if m in runs else None
             for m in args.eval_lengths} for d in args.depths}}
+    if args.eval_window:
+        dense = SelectiveCopying(window=args.eval_window)
+        at_length = {"accuracy": at_length, f"window {args.eval_window}": {
+            m: round(evaluate(lm.model, dense, m, examples=k)["accuracy"], 3) for m in args.eval_lengths}}
     flags = {k: v for k, v in vars(args).items() if k not in ("options", "report_transmission", "steps", "lr")}
     mixers = [m for m in lm.model.modules() if isinstance(m, Mixer)]
     trained = {f"layer {i}": {"E": [round(x, 3) for x in energy.tolist()], "eta": [float(f"{x:.3g}") for x in eta.tolist()]}

@@ -48,6 +48,8 @@ def test_task_specific_layouts():
     ids, labels = SelectiveCopying(vocab=16, num_tokens=8).sample(4, 64, seed=0)
     data_in_region = [r[:55][r[:55] > 0].tolist() for r in ids]
     assert data_in_region == [r[56:].tolist() for r in ids]  # copied in order after the separator
+    ids, _ = SelectiveCopying(vocab=16, num_tokens=8, window=20).sample(4, 200, seed=0)
+    assert (ids[:, :171] == 0).all() and ((ids[:, 171:191] > 0).sum(1) == 8).all()  # data in the last 20 before it
     ids, labels = Passkey(depth=0.5).sample(4, 200, seed=0)
     key_at = (ids == 11).nonzero()[:, 1]
     assert ((key_at - 94).abs() <= 2).all()  # the key sits at half depth

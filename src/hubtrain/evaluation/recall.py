@@ -115,10 +115,12 @@ class MQAR(RecallTask):
 @dataclass(frozen=True)
 class SelectiveCopying(RecallTask):
     """Mamba's selective copying: ``num_tokens`` data tokens (from ``[1, vocab]``) at random positions among filler
-    (0), then a separator and the data tokens in order (scored)."""
+    (0), then a separator and the data tokens in order (scored). ``window`` places the data among the last ``window``
+    positions before the separator instead (a long row as dense as a short one, behind a run of filler)."""
 
     vocab: int = 16
     num_tokens: int = 16
+    window: int | None = None
     name: str = field(init=False, default="selective_copying")
 
     @property
@@ -136,7 +138,10 @@ class SelectiveCopying(RecallTask):
         M, L = self.num_tokens, ids.shape[0]
         data = torch.randint(1, self.vocab + 1, (M,), generator=gen)
         region = L - M - 1
-        where = torch.randperm(region, generator=gen)[:M].sort().values
+        span = region if self.window is None else min(region, self.window)
+        if span < M:
+            raise ValueError(f"selective_copying: window={self.window} holds fewer than num_tokens={M} positions")
+        where = region - span + torch.randperm(span, generator=gen)[:M].sort().values
         ids[where] = data
         ids[region] = self.vocab + 1
         ids[region + 1 :] = data
