@@ -247,7 +247,7 @@ def main() -> None:
         p.error(f"--{' and --'.join(n.replace('_', '-') for n in scans)} each replace the scan: use one at a time")
     torch.set_num_threads(1)
     import hubtrain.models.resnet_bk.modeling_resnet_bk as modeling
-    from hubtrain.evaluation.recall import MQAR, TASKS, Passkey, SelectiveCopying, evaluate, train
+    from hubtrain.evaluation.recall import TASKS, Passkey, SelectiveCopying, evaluate, train
     from hubtrain.models.resnet_bk import ResNetBKConfig
 
     Mixer = modeling.ResNetBKGreenMixer
@@ -445,7 +445,8 @@ def main() -> None:
             mixer.out_proj.weight.zero_(), mixer.out_proj.bias.zero_()
             mixer.out_proj.requires_grad_(False)
         after_init_weights(no_chain)
-    task = MQAR(vocab=128, num_pairs=args.pairs) if args.task == "mqar" else Passkey(log_gap=args.log_gap) if args.task == "passkey" else TASKS[args.task]()
+    options = {"mqar": dict(vocab=128, num_pairs=args.pairs), "passkey": dict(log_gap=args.log_gap)}
+    task = TASKS[args.task](**options.get(args.task, {}))
     n = args.length
     args.eval_lengths = args.eval_lengths or [n]
     shape = dict(vocab_size=task.vocab_size, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,

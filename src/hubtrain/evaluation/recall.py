@@ -123,6 +123,11 @@ class SelectiveCopying(RecallTask):
     window: int | None = None
     name: str = field(init=False, default="selective_copying")
 
+    def __post_init__(self) -> None:
+        if self.window is not None and self.window < self.num_tokens:
+            raise ValueError(f"selective_copying: window={self.window} holds fewer than num_tokens={self.num_tokens} "
+                             "positions; give a window of at least num_tokens")
+
     @property
     def vocab_size(self) -> int:
         return self.vocab + 2  # filler 0, data 1..vocab, separator vocab+1
@@ -139,8 +144,6 @@ class SelectiveCopying(RecallTask):
         data = torch.randint(1, self.vocab + 1, (M,), generator=gen)
         region = L - M - 1
         span = region if self.window is None else min(region, self.window)
-        if span < M:
-            raise ValueError(f"selective_copying: window={self.window} holds fewer than num_tokens={M} positions")
         where = region - span + torch.randperm(span, generator=gen)[:M].sort().values
         ids[where] = data
         ids[region] = self.vocab + 1
