@@ -43,6 +43,10 @@ flags below, so every figure in the table can be made again::
         "semiseparable_decay_heads": 128, "semiseparable_conv_width": 4, "semiseparable_decay_activation": "relu", \
         "ffn_dim": 14}' --task passkey --length 1024 --batch 4 --steps 3000 --lr 1e-2 --log-gap 0.5 \
         --eval-lengths 1024 4096 16384 32768 --eval-examples 64            # half the keys near the question
+    python benchmarks/recall_probe.py '{"use_semiseparable": true, "low_rank": 16, "semiseparable_value_dim": 128, \
+        "semiseparable_decay_heads": 128, "semiseparable_conv_width": 4, "semiseparable_decay_activation": "relu", \
+        "ffn_dim": 14}' --task selective_copying --length 256 --batch 8 --steps 3000 --lr 1e-2 --log-window 0.5 \
+        --eval-lengths 256 1024 4096 16384                                  # half the rows packed, half spread
 
 The transmission flags (--strip-phase, --decay-semiseparable, --smooth-transmission) rebuild the scan's output
 from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine at length 64, for probing only.
@@ -236,6 +240,9 @@ def main() -> None:
                    help="passkey: score the exact 5-digit accuracy at these depths too (trained at random depths)")
     p.add_argument("--log-gap", type=float, default=0.0, metavar="SHARE",
                    help="passkey: train with this share of keys at a log-uniform distance from the question (Passkey.log_gap)")
+    p.add_argument("--log-window", type=float, default=0.0, metavar="SHARE",
+                   help="selective copying: train with this share of rows packed into a log-uniform window "
+                        "(SelectiveCopying.log_window): data both tight and spread wide at one length")
     p.add_argument("--eval-window", type=int, metavar="W",
                    help="selective copying: also score every length with the data in the last W positions before the "
                         "separator (SelectiveCopying.window): as dense as at the training length, behind long filler")
@@ -445,7 +452,8 @@ def main() -> None:
             mixer.out_proj.weight.zero_(), mixer.out_proj.bias.zero_()
             mixer.out_proj.requires_grad_(False)
         after_init_weights(no_chain)
-    options = {"mqar": dict(vocab=128, num_pairs=args.pairs), "passkey": dict(log_gap=args.log_gap)}
+    options = {"mqar": dict(vocab=128, num_pairs=args.pairs), "passkey": dict(log_gap=args.log_gap),
+               "selective_copying": dict(log_window=args.log_window)}
     task = TASKS[args.task](**options.get(args.task, {}))
     n = args.length
     args.eval_lengths = args.eval_lengths or [n]

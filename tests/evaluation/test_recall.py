@@ -77,6 +77,25 @@ def test_passkey_log_gap_draws_keys_near_the_question_as_often_as_far_ones():
         Passkey(log_gap=1.5)
 
 
+def test_selective_copying_log_window_packs_some_rows_tight_and_spreads_others_wide():
+    L, M = 1024, 16
+    region = L - M - 1
+    for log_window, tight_share in ((0.0, (0.0, 0.0)), (1.0, (0.25, 0.42))):
+        ids, labels = SelectiveCopying(num_tokens=M, log_window=log_window).sample(1000, L, seed=0)
+        data = ids[:, :region] > 0
+        assert (data.sum(1) == M).all() and (ids[:, region] == 17).all()
+        first = data.float().argmax(1)
+        spread = region - first  # the data lie in the last `spread` positions before the separator
+        copied = [r[:region][r[:region] > 0] for r in ids]
+        assert all(torch.equal(c, lab[region + 1:]) for c, lab in zip(copied, labels))  # copied in order
+        low, high = tight_share
+        assert low <= float((spread <= 4 * M).float().mean()) <= high  # log-uniform: ln 4 / ln(1008 / 16) = 0.33
+        if log_window:
+            assert (spread == M).any() and (spread > region - 50).any()  # both ends are drawn
+    with pytest.raises(ValueError, match="log_window=2 is outside"):
+        SelectiveCopying(log_window=2)
+
+
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: t.name)
 def test_a_reader_that_ignores_the_context_scores_at_chance(task):
     """The best context-free predictor, a bigram table fit on 2,000 training sequences, evaluated on others."""

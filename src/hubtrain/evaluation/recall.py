@@ -116,17 +116,22 @@ class MQAR(RecallTask):
 class SelectiveCopying(RecallTask):
     """Mamba's selective copying: ``num_tokens`` data tokens (from ``[1, vocab]``) at random positions among filler
     (0), then a separator and the data tokens in order (scored). ``window`` places the data among the last ``window``
-    positions before the separator instead (a long row as dense as a short one, behind a run of filler)."""
+    positions before the separator instead (a long row as dense as a short one, behind a run of filler). For a
+    ``log_window`` share of the rows the window is drawn per row, log-uniformly from ``num_tokens`` to the whole row,
+    so one training length holds data packed tight and data spread wide (uniform placement almost never packs them)."""
 
     vocab: int = 16
     num_tokens: int = 16
     window: int | None = None
+    log_window: float = 0.0
     name: str = field(init=False, default="selective_copying")
 
     def __post_init__(self) -> None:
         if self.window is not None and self.window < self.num_tokens:
             raise ValueError(f"selective_copying: window={self.window} holds fewer than num_tokens={self.num_tokens} "
                              "positions; give a window of at least num_tokens")
+        if not 0.0 <= self.log_window <= 1.0:
+            raise ValueError(f"selective_copying: log_window={self.log_window} is outside [0, 1]; give a share of rows")
 
     @property
     def vocab_size(self) -> int:
@@ -144,6 +149,8 @@ class SelectiveCopying(RecallTask):
         data = torch.randint(1, self.vocab + 1, (M,), generator=gen)
         region = L - M - 1
         span = region if self.window is None else min(region, self.window)
+        if self.log_window and float(torch.rand(1, generator=gen)) < self.log_window:
+            span = min(region, int(M * math.exp(float(torch.rand(1, generator=gen)) * math.log((region + 1) / M))))
         where = region - span + torch.randperm(span, generator=gen)[:M].sort().values
         ids[where] = data
         ids[region] = self.vocab + 1
