@@ -132,6 +132,28 @@ def test_plain_lightning_modules(tmp_path, kit):
     assert m and float(m.group(2)) == pytest.approx(min(val_loss.values()), abs=1e-4), (best, val_loss)
 
 
+def test_last_checkpoint_is_the_latest_state_when_the_monitored_metric_stops_improving(tmp_path, kit):
+    """Lightning 2.6 writes last.ckpt only beside a new best; ours must still hold the final step and weights."""
+
+    class Worsening(kit.PlainModule):
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", float(self.current_epoch))  # best at epoch 0, worse every epoch after
+
+    train, val = kit.make_data()
+    pl.seed_everything(0)
+    model = Worsening()
+    trainer = AutoTrainer(max_epochs=3, default_root_dir=tmp_path, **kit.QUIET)
+    trainer.fit(model, torch.utils.data.DataLoader(train, batch_size=64), torch.utils.data.DataLoader(val, batch_size=64))
+    ckpts = trainer.run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch=00-val_loss=0.0000.ckpt", "last.ckpt"]
+    best = torch.load(ckpts / "best-epoch=00-val_loss=0.0000.ckpt", weights_only=True)
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert best["global_step"] == 3 and (last["epoch"], last["global_step"]) == (2, 9)  # 192 rows / 64 = 3 steps
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(last["state_dict"][key], value, rtol=0, atol=0)
+    assert not torch.equal(best["state_dict"]["net.0.weight"], last["state_dict"]["net.0.weight"])
+
+
 def test_checkpoint_monitor_override_and_unknown_monitor(tmp_path, kit, data):
     trainer = AutoTrainer(
         max_epochs=2, default_root_dir=tmp_path, checkpoint_monitor="val/loss", checkpoint_mode="min", **kit.QUIET
