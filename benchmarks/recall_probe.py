@@ -247,6 +247,8 @@ def main() -> None:
                    help="selective copying: also score every length with the data in the last W positions before the "
                         "separator (SelectiveCopying.window): as dense as at the training length, behind long filler")
     p.add_argument("--eval-examples", type=int, default=256, help="held-out examples per scored length (and depth)")
+    p.add_argument("--save", metavar="DIR", help="save the trained model here (save_pretrained) before scoring it, to "
+                   "score it again later; reloads as trained only without the flags that patch the mixer")
     args = p.parse_args()
     scans = [name for name in ("selective_absorption", "lead", "strip_phase", "decay_semiseparable", "smooth_transmission")
              if getattr(args, name) not in (None, False)]
@@ -469,6 +471,8 @@ def main() -> None:
         config = configs(args.peer, vocab=task.vocab_size, d=64, layers=2, max_len=n, resnet_bk={})
     t0 = time.time()
     lm = train(config, task, n, steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed)
+    if args.save:
+        lm.model.save_pretrained(args.save)
     k = args.eval_examples
     result = evaluate(lm.model, task, n, examples=k)
     # None where the model cannot run (GPT-2 past its n_positions): not applicable, not zero
