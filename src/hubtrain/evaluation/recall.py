@@ -75,6 +75,11 @@ class RecallTask:
         return labels[:, 1:].clamp_min(0)
 
 
+def _log_uniform(gen: torch.Generator, low: int, high: int) -> int:
+    """An integer in ``[low, high]`` drawn log-uniformly (as often within 2x of ``low`` as within 2x of ``high``)."""
+    return min(high, int(low * math.exp(float(torch.rand(1, generator=gen)) * math.log((high + 1) / low))))
+
+
 def _distinct(gen: torch.Generator, low: int, high: int, k: int) -> Tensor:
     return low + torch.randperm(high - low, generator=gen)[:k]
 
@@ -150,7 +155,7 @@ class SelectiveCopying(RecallTask):
         region = L - M - 1
         span = region if self.window is None else min(region, self.window)
         if self.log_window and float(torch.rand(1, generator=gen)) < self.log_window:
-            span = min(region, int(M * math.exp(float(torch.rand(1, generator=gen)) * math.log((region + 1) / M))))
+            span = _log_uniform(gen, M, region)
         where = region - span + torch.randperm(span, generator=gen)[:M].sort().values
         ids[where] = data
         ids[region] = self.vocab + 1
@@ -226,7 +231,7 @@ class Passkey(RecallTask):
         if self.depth is not None:
             at = min(room - 1, int(round(self.depth * room)))
         elif self.log_gap and float(torch.rand(1, generator=gen)) < self.log_gap:  # distance 1 .. room from the end, log-uniform
-            at = room - min(room, int(math.exp(float(torch.rand(1, generator=gen)) * math.log(room + 1))))
+            at = room - _log_uniform(gen, 1, room)
         else:
             at = min(room - 1, int(round(float(torch.rand(1, generator=gen)) * room)))
         ids[at], ids[at + 1 : at + n] = 11, key

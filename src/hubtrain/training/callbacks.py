@@ -122,29 +122,24 @@ class AutoModelCheckpoint(ModelCheckpoint):
         self._resolved = True
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        due = self._due(trainer, at_train_epoch_end=True)
         if self._should_save_on_train_epoch_end(trainer):
             self._resolve(trainer)
         super().on_train_epoch_end(trainer, pl_module)
-        self._keep_last_current(trainer, due)
+        self._keep_last_current(trainer, at_train_epoch_end=True)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        due = self._due(trainer, at_train_epoch_end=False)
         if not self._should_save_on_train_epoch_end(trainer):
             self._resolve(trainer)
         super().on_validation_end(trainer, pl_module)
-        self._keep_last_current(trainer, due)
+        self._keep_last_current(trainer, at_train_epoch_end=False)
 
-    def _due(self, trainer: pl.Trainer, at_train_epoch_end: bool) -> bool:
-        """Whether this hook is where the checkpoints of this step are written (asked before Lightning writes them)."""
-        return not self._should_skip_saving_checkpoint(trainer) and (
-            self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end)
-
-    def _keep_last_current(self, trainer: pl.Trainer, due: bool) -> None:
+    def _keep_last_current(self, trainer: pl.Trainer, at_train_epoch_end: bool) -> None:
         # Lightning 2.6 writes last.ckpt only at a step where a top-k checkpoint was written too, so with save_top_k=1
         # it stops at the best epoch and "resume from last" silently replays every epoch after it. last.ckpt is the
-        # latest state (as before 2.6, and as resuming needs): write it whenever a checkpoint was due and it was not.
-        if due and self.save_last is True and self._last_global_step_saved != trainer.global_step:
+        # latest state (as before 2.6, and as resuming needs): where this hook saves, and nothing was saved at this
+        # step (Lightning's own skip test, which also covers sanity checks and fast_dev_run), write it.
+        if (self.save_last is True and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end
+                and not self._should_skip_saving_checkpoint(trainer)):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
