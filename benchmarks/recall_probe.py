@@ -239,7 +239,8 @@ def main() -> None:
     p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.5, 1.0],
                    help="passkey: score the exact 5-digit accuracy at these depths too (trained at random depths)")
     p.add_argument("--log-gap", type=float, default=0.0, metavar="SHARE",
-                   help="passkey: train with this share of keys at a log-uniform distance from the question (Passkey.log_gap)")
+                   help="passkey and induction heads: train with this share of keys (first triggers) at a log-uniform "
+                        "distance from the question (Passkey.log_gap, InductionHeads.log_gap)")
     p.add_argument("--log-window", type=float, default=0.0, metavar="SHARE",
                    help="selective copying: train with this share of rows packed into a log-uniform window "
                         "(SelectiveCopying.log_window): data both tight and spread wide at one length")
@@ -454,7 +455,7 @@ def main() -> None:
             mixer.out_proj.weight.zero_(), mixer.out_proj.bias.zero_()
             mixer.out_proj.requires_grad_(False)
         after_init_weights(no_chain)
-    options = {"mqar": dict(vocab=128, num_pairs=args.pairs), "passkey": dict(log_gap=args.log_gap),
+    options = {"mqar": dict(vocab=128, num_pairs=args.pairs), "passkey": dict(log_gap=args.log_gap), "induction_heads": dict(log_gap=args.log_gap),
                "selective_copying": dict(log_window=args.log_window)}
     task = TASKS[args.task](**options.get(args.task, {}))
     n = args.length

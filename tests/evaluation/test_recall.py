@@ -96,6 +96,23 @@ def test_selective_copying_log_window_packs_some_rows_tight_and_spreads_others_w
         SelectiveCopying(log_window=2)
 
 
+def test_induction_heads_log_gap_puts_some_triggers_just_behind_the_question_and_others_far():
+    L, trigger = 1024, 17
+    for log_gap, near_share in ((0.0, (0.0, 0.03)), (1.0, (0.25, 0.40))):
+        ids, labels = InductionHeads(log_gap=log_gap).sample(2000, L, seed=0)
+        assert ((ids[:, :-2] == trigger).sum(1) == 1).all() and (ids[:, L - 2] == trigger).all()
+        first = (ids[:, :-2] == trigger).float().argmax(1)
+        assert torch.equal(ids[torch.arange(2000), first + 1], labels[:, L - 1])  # the answer followed the trigger
+        gap = L - 3 - first  # 1 when the pair sits just before the final trigger
+        assert (gap >= 1).all() and (gap <= L - 3).all()
+        low, high = near_share
+        assert low <= float((gap <= 8).float().mean()) <= high  # log-uniform: ln 9 / ln 1022 = 0.32 of rows
+        if log_gap:
+            assert (gap == 1).any() and (gap > L - 100).any()  # both ends are drawn
+    with pytest.raises(ValueError, match="log_gap=-0.1 is outside"):
+        InductionHeads(log_gap=-0.1)
+
+
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: t.name)
 def test_a_reader_that_ignores_the_context_scores_at_chance(task):
     """The best context-free predictor, a bigram table fit on 2,000 training sequences, evaluated on others."""

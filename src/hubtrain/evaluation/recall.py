@@ -166,10 +166,17 @@ class SelectiveCopying(RecallTask):
 @dataclass(frozen=True)
 class InductionHeads(RecallTask):
     """Mamba's induction heads: random tokens from ``[1, vocab]``; a trigger (``vocab + 1``) followed by a token
-    once in the sequence; at the end the trigger again, and the next token (scored) is the one that followed it."""
+    once in the sequence; at the end the trigger again, and the next token (scored) is the one that followed it.
+    The first trigger is placed uniformly, or for a ``log_gap`` share of the rows at a log-uniform distance from
+    the end, so that one training length holds triggers just behind the question as often as far ones."""
 
     vocab: int = 16
+    log_gap: float = 0.0
     name: str = field(init=False, default="induction_heads")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.log_gap <= 1.0:
+            raise ValueError(f"induction_heads: log_gap={self.log_gap} is outside [0, 1]; give a share of rows")
 
     @property
     def vocab_size(self) -> int:
@@ -185,7 +192,10 @@ class InductionHeads(RecallTask):
     def _fill(self, ids: Tensor, labels: Tensor, gen: torch.Generator) -> None:
         L, trigger = ids.shape[0], self.vocab + 1
         ids[:] = torch.randint(1, self.vocab + 1, (L,), generator=gen)
-        first = int(torch.randint(0, L - 3, (1,), generator=gen))
+        if self.log_gap and float(torch.rand(1, generator=gen)) < self.log_gap:  # 1 .. L - 3 back from the last trigger
+            first = L - 3 - _log_uniform(gen, 1, L - 3)
+        else:
+            first = int(torch.randint(0, L - 3, (1,), generator=gen))
         target = ids[first + 1].clone()
         ids[first] = trigger
         ids[L - 2], ids[L - 1] = trigger, target
