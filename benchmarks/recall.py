@@ -15,14 +15,22 @@ Each model gets its own learning rate from a small sweep the script runs first (
     python benchmarks/recall.py --models resnet_bk resnet_bk_ss resnet_bk_recall resnet_bk_hold gpt2 mamba  # + softplus
     python benchmarks/recall.py --full     # the whole grid of the issue (widths 64/128, lengths 64-512, 4-64 pairs)
     python benchmarks/recall.py --quick    # a few minutes: the whole path at toy sizes
+    python benchmarks/recall.py --targets  # the issue's targets for resnet_bk_hold: long tasks at 3,000 steps
+
+The long tasks can be trained on both spacings at once, the same for every model (``--copy-log-window``,
+``--induction-log-gap``, ``--passkey-log-gap``: a share of the training rows with the data, trigger or key at a
+log-uniform distance from the question); they are always scored on the tasks' own rows.
 
 Writes ``benchmarks/results/recall.{md,json}`` and ``recall_mqar.png``, ``recall_extrapolation.png``,
 ``recall_passkey.png``. Results are saved as each run finishes; ``--reuse`` picks a stopped run up where it was,
-or adds grid points or models to a finished one, running only the new ones::
+or adds grid points, models or long runs trained otherwise (their keys name how) to a finished one, running only
+the new ones::
 
     mkdir -p benchmarks/results/recall_p16 && cp benchmarks/results/recall.json benchmarks/results/recall_p16/ && \
         python benchmarks/recall.py --models resnet_bk resnet_bk_ss resnet_bk_recall resnet_bk_hold gpt2 mamba \
         --seq-lens 32 64 128 --pairs 4 8 16 --reuse --out benchmarks/results/recall_p16
+    mkdir -p benchmarks/results/recall_targets && cp benchmarks/results/recall_p16/recall.json \
+        benchmarks/results/recall_targets/ && python benchmarks/recall.py --targets --seq-lens 32 64 128 --pairs 4 8 16 --reuse
 """
 from __future__ import annotations
 
@@ -132,24 +140,47 @@ class Store:
         os.replace(tmp, self.path)
 
 
+# settings that the long runs' keys spell out (long_key), so that runs made under others are kept beside them
+LONG_TRAINING = ("extrap_steps", "passkey_steps", "long_batch", "passkey_batch", "copy_log_window",
+                 "induction_log_gap", "passkey_log_gap", "min_examples", "passkey_examples", "targets")
+
+
 def same_runs(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether runs made under ``old`` settings are the runs ``new`` would make: every setting equal but the grid's
     axes and the models, which may grow (runs are keyed by their grid point and model; the sweep and long runs use
-    the first pairs and width, and GPT-2 and Mamba are sized to plain ResNet-BK, whatever the other models)."""
-    axes = ("seq_lens", "pairs", "widths", "models", "long_models")
+    the first pairs and width, and GPT-2 and Mamba are sized to plain ResNet-BK, whatever the other models), and
+    the long runs' training, which their keys name (a setting missing from ``old`` had its default then)."""
+    axes = ("seq_lens", "pairs", "widths", "models", "long_models", *LONG_TRAINING)
     return ({k: v for k, v in old.items() if k not in axes} == {k: v for k, v in new.items() if k not in axes}
             and all(old[k][0] == new[k][0] for k in ("pairs", "widths")))
 
 
-def run_all(store: Store, specs: dict[str, dict[str, Any]], jobs: int) -> None:
+def long_training(args: argparse.Namespace, task: str) -> dict[str, Any]:
+    """How a long task is trained and scored: steps, batch, the training distribution's share and held-out rows."""
+    if task == "passkey":
+        return dict(steps=args.passkey_steps, batch=args.passkey_batch or max(4, args.long_batch // 4),
+                    share=("log_gap", args.passkey_log_gap), examples=args.passkey_examples or max(8, args.examples // 8))
+    share = ("log_window", args.copy_log_window) if task == "selective_copying" else ("log_gap", args.induction_log_gap)
+    return dict(steps=args.extrap_steps, batch=args.long_batch, share=share, examples=args.examples)
+
+
+def long_key(args: argparse.Namespace, task: str, model: str) -> str:
+    """``task/model/STEPSxBATCH[-SHARE]-evalN``: runs trained or scored otherwise are other runs."""
+    t = long_training(args, task)
+    name, share = t["share"]
+    rows = f"{t['examples']}" + (f"-{args.min_examples}" if task != "passkey" else "")
+    return f"{task}/{model}/{t['steps']}x{t['batch']}" + (f"-{name}{share:g}" if share else "") + f"-eval{rows}"
+
+
+def run_all(store: Store, specs: dict[str, dict[str, Any]], jobs: int) -> int:
     """Run every spec not already in the store, ``jobs`` worker processes at a time (each with its own torch
-    threads), saving each result as it finishes."""
+    threads), saving each result as it finishes; returns how many ran."""
     todo = {key: spec for key, spec in specs.items() if store.get(key) is None}
     # longest first, so that the last runs to finish are short ones (Mamba's CPU scan costs ~6x the others)
     cost = lambda spec: (6 if spec["model"] == "mamba" else 1) * spec["train_len"] * spec["steps"] * spec["batch"]
     todo = dict(sorted(todo.items(), key=lambda kv: -cost(kv[1])))
     if not todo:
-        return
+        return 0
     t_start = time.perf_counter()
 
     def done(i: int, key: str, result: dict[str, Any]) -> None:
@@ -161,7 +192,7 @@ def run_all(store: Store, specs: dict[str, dict[str, Any]], jobs: int) -> None:
     if jobs <= 1:
         for i, (key, spec) in enumerate(todo.items(), 1):
             done(i, key, work(spec))
-        return
+        return len(todo)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -169,6 +200,7 @@ def run_all(store: Store, specs: dict[str, dict[str, Any]], jobs: int) -> None:
         futures = {pool.submit(work, spec): key for key, spec in todo.items()}
         for i, future in enumerate(as_completed(futures), 1):
             done(i, futures[future], future.result())
+    return len(todo)
 
 
 def work(spec: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +219,7 @@ def work(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         result = train_and_score(config, task, spec["train_len"], spec["test_lens"], steps=spec["steps"],
                                  batch=spec["batch"], lr=spec["lr"], seed=spec["seed"], examples=spec["examples"],
-                                 name=spec["model"])
+                                 min_examples=spec.get("min_examples", 8), name=spec["model"])
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
 
@@ -205,7 +237,7 @@ def passkey_runs(config: Any, task: Any, spec: dict[str, Any]) -> dict[str, Any]
 
 
 def train_and_score(config: Any, task: Any, train_len: int, test_lens: list[int], *, steps: int, batch: int, lr: float,
-                    seed: int, examples: int, name: str) -> dict[str, Any]:
+                    seed: int, examples: int, min_examples: int, name: str) -> dict[str, Any]:
     import torch
 
     from hubtrain.evaluation.recall import evaluate, state_bytes_per_layer, train
@@ -218,7 +250,7 @@ def train_and_score(config: Any, task: Any, train_len: int, test_lens: list[int]
         if limit is not None and n > limit:
             scores[str(n)] = None  # GPT-2 has no position past its table: not applicable, not zero
             continue
-        count = max(8, min(examples, examples * 1024 // n))
+        count = max(min(min_examples, examples), min(examples, examples * 1024 // n))
         scores[str(n)] = evaluate(model, task, n, examples=count, batch_size=batch, seed=seed + 10_000)["accuracy"]
     del model
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
@@ -236,6 +268,12 @@ def fmt(x: float | None) -> str:
 
 def report(store: Store, args: argparse.Namespace, out: Path) -> str:
     runs = store.data["runs"]
+
+    def trained(task: str) -> str:
+        t = long_training(args, task)
+        name, share = t["share"]
+        return f"{t['steps']} steps of batch {t['batch']}" + (f", {name} {share:g}" if share else "")
+
     lines = ["# Recall and long-context benchmark", "",
              f"`{store.data.get('command', 'python benchmarks/recall.py')}`: {store.data.get('settings', {})}", ""]
     lr = store.data.get("lr", {})
@@ -273,12 +311,13 @@ def report(store: Store, args: argparse.Namespace, out: Path) -> str:
     # the issue's target: accuracy at 64x the training length against the training length
     far_len = 64 * args.extrap_lens[0] if 64 * args.extrap_lens[0] in args.extrap_lens else args.extrap_lens[-1]
     for task in ("selective_copying", "induction_heads"):
-        lines += [f"## {task.replace('_', ' ')}: trained at {args.extrap_train_len}, accuracy by test length", "",
+        lines += [f"## {task.replace('_', ' ')}: trained at {args.extrap_train_len} ({trained(task)}), accuracy by test "
+                  "length", "",
                   "| model | " + " | ".join(str(n) for n in args.extrap_lens)
                   + f" | ratio {far_len} / {args.extrap_lens[0]} | chance |",
                   "|---|" + "---:|" * (len(args.extrap_lens) + 2)]
-        for m in args.models:
-            r = runs.get(f"{task}/{m}")
+        for m in args.long_models:
+            r = runs.get(long_key(args, task, m))
             if r:
                 s = r["scores"]
                 base, far = s.get(str(args.extrap_lens[0])), s.get(str(far_len))
@@ -288,9 +327,10 @@ def report(store: Store, args: argparse.Namespace, out: Path) -> str:
                 lines.append(f"| {LABELS[m]} | " + " | ".join(fmt(s.get(str(n))) for n in args.extrap_lens)
                              + f" | {ratio} | {r['chance']:.4f} |")
         lines.append("")
-    lines += [f"## Passkey: trained at {args.passkey_train_len}, exact 5-digit accuracy by length and depth", ""]
-    for m in args.models:
-        rows = [(depth, runs.get(f"passkey/{m}/depth{depth}")) for depth in args.depths]
+    lines += [f"## Passkey: trained at {args.passkey_train_len} ({trained('passkey')}), exact 5-digit accuracy by length "
+              "and depth", ""]
+    for m in args.long_models:
+        rows = [(depth, runs.get(f"{long_key(args, 'passkey', m)}/depth{depth}")) for depth in args.depths]
         if not any(r for _, r in rows):
             continue
         lines += [f"### {LABELS[m]}", "", "| depth | " + " | ".join(str(n) for n in args.passkey_lens) + " |",
@@ -332,8 +372,8 @@ def plots(store: Store, args: argparse.Namespace, out: Path) -> None:
 
     fig = Figure(figsize=(9, 3.4))
     for ax, task in zip(fig.subplots(1, 2), ("selective_copying", "induction_heads")):
-        for m in args.models:
-            r = runs.get(f"{task}/{m}")
+        for m in args.long_models:
+            r = runs.get(long_key(args, task, m))
             if r:
                 pts = [(n, r["scores"][str(n)]) for n in args.extrap_lens if r["scores"].get(str(n)) is not None]
                 ax.plot(*zip(*pts), marker="o", label=LABELS[m])
@@ -347,7 +387,7 @@ def plots(store: Store, args: argparse.Namespace, out: Path) -> None:
     fig = Figure(figsize=(4.2 * len(args.long_models), 3.4))
     for ax, m in zip(fig.subplots(1, len(args.long_models), squeeze=False)[0], args.long_models):
         for depth in args.depths:
-            r = runs.get(f"passkey/{m}/depth{depth}")
+            r = runs.get(f"{long_key(args, 'passkey', m)}/depth{depth}")
             if r:
                 pts = [(n, r["scores"][str(n)]) for n in args.passkey_lens if r["scores"].get(str(n)) is not None]
                 if pts:
@@ -388,6 +428,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passkey-lens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768])
     p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--passkey-steps", type=int, default=200)
+    p.add_argument("--passkey-batch", type=int, help="passkey batch size (default: a quarter of --long-batch, at least 4)")
+    p.add_argument("--copy-log-window", type=float, default=0.0, metavar="SHARE",
+                   help="train selective copying with this share of rows packed into a log-uniform window "
+                        "(SelectiveCopying.log_window); scored on the task's own uniform rows")
+    p.add_argument("--induction-log-gap", type=float, default=0.0, metavar="SHARE",
+                   help="train induction heads with this share of first triggers at a log-uniform distance from the "
+                        "question (InductionHeads.log_gap); scored on uniform rows")
+    p.add_argument("--passkey-log-gap", type=float, default=0.0, metavar="SHARE",
+                   help="train passkey with this share of keys at a log-uniform distance from the question "
+                        "(Passkey.log_gap); scored at fixed depths")
+    p.add_argument("--min-examples", type=int, default=8,
+                   help="held-out rows at the longest extrapolation lengths (--examples is cut as the rows grow)")
+    p.add_argument("--passkey-examples", type=int, help="held-out rows per passkey depth and length (default --examples / 8)")
     p.add_argument("--examples", type=int, default=256, help="held-out examples per score (fewer at long lengths)")
     p.add_argument("--resnet-bk", default="{}", help="ResNetBKConfig fields as JSON, e.g. '{\"key_dim\": 4}'")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: robust when the machine is shared)")
@@ -395,14 +448,27 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs in parallel, each in its own process (default: one per CPU core)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="toy sizes: the whole path in a few minutes")
+    p.add_argument("--targets", action="store_true",
+                   help="the recall issue's targets for the recommended shape (resnet_bk_hold) on one run: the long tasks "
+                        "trained 3,000 steps (batch 8; passkey 4) on both spacings (--copy-log-window 0.5, "
+                        "--induction-log-gap 0.5, --passkey-log-gap 0.25), scored on 128-256 rows (passkey 64); about "
+                        "an hour on 2 cores beside the MQAR runs it reuses; results in results/recall_targets")
     p.add_argument("--full", action="store_true",
                    help="the issue's whole grid (widths 64 and 128, lengths 64-512, 4-64 pairs, Mamba everywhere, "
                         "longer training): many hours on a 2-core CPU, for a machine with more cores (--jobs)")
     p.add_argument("--reuse", action="store_true",
                    help="keep the finished runs of an earlier call with these settings (or these settings with more "
                         "lengths, pairs, widths or models: only the new runs run)")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, help=f"where results go (default {RESULTS}, or recall_targets in it with --targets)")
     args = p.parse_args(argv)
+    for knob in ("copy_log_window", "induction_log_gap", "passkey_log_gap"):
+        if not 0.0 <= getattr(args, knob) <= 1.0:
+            p.error(f"--{knob.replace('_', '-')} {getattr(args, knob)} is outside [0, 1]: give a share of the training rows")
+    if args.targets:
+        args.long_models, args.extrap_steps, args.long_batch, args.passkey_steps = ["resnet_bk_hold"], 3000, 8, 3000
+        args.passkey_batch, args.copy_log_window, args.induction_log_gap, args.passkey_log_gap = 4, 0.5, 0.5, 0.25
+        args.min_examples, args.passkey_examples = 128, 64
+    args.out = args.out or (RESULTS / "recall_targets" if args.targets else RESULTS)
     if "mamba" in args.models and importlib.util.find_spec("mambapy") is None:  # else a silent ~12x slower scan
         p.error("Mamba runs need mambapy, or transformers falls back to its sequential scan: pip install 'hubtrain[bench]'")
     if args.full:
@@ -442,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = {f"sweep/{m}/{lr:g}": spec(m, args.widths[0], args.sweep_len, sweep_task, train_len=args.sweep_len,
                                        test_lens=[args.sweep_len], steps=args.steps, lr=lr)
              for m in args.models for lr in args.lrs}
-    run_all(store, sweep, args.jobs)
+    ran = run_all(store, sweep, args.jobs)
     chosen = {}
     for m in args.models:
         scores = {lr: store.get(f"sweep/{m}/{lr:g}")["scores"][str(args.sweep_len)] for lr in args.lrs}
@@ -465,25 +531,31 @@ def main(argv: list[str] | None = None) -> int:
         if store.get(key) is None and same is not None:
             store.put(key, store.get(same))
     print(f"2/4 MQAR grid ({sum(store.get(k) is None for k in grid)} of {len(grid)} runs left)", flush=True)
-    run_all(store, grid, args.jobs)
+    ran += run_all(store, grid, args.jobs)
     # 3. extrapolation: trained at one length, tested far beyond it; 4. passkey
     d = args.widths[0]
-    rest = {f"{task.name}/{m}": spec(m, d, args.extrap_train_len, task, train_len=args.extrap_train_len,
-                                     test_lens=args.extrap_lens, steps=args.extrap_steps, lr=chosen[m])
-                               | {"batch": args.long_batch}
-            for task in (SelectiveCopying(), InductionHeads()) for m in args.long_models}
+    rest = {}
+    for task in (SelectiveCopying(log_window=args.copy_log_window), InductionHeads(log_gap=args.induction_log_gap)):
+        t = long_training(args, task.name)
+        for m in args.long_models:
+            rest[long_key(args, task.name, m)] = spec(
+                m, d, args.extrap_train_len, task, train_len=args.extrap_train_len, test_lens=args.extrap_lens,
+                steps=t["steps"], lr=chosen[m]) | {"batch": t["batch"], "min_examples": args.min_examples}
+    t = long_training(args, "passkey")
     for m in args.long_models:
-        rest[f"passkey/{m}"] = spec(m, d, args.passkey_train_len, Passkey(), train_len=args.passkey_train_len,
-                                    test_lens=args.passkey_lens, depths=args.depths, steps=args.passkey_steps,
-                                    lr=chosen[m]) | {"batch": max(4, args.long_batch // 4),
-                                                     "examples": max(8, args.examples // 8)}
-    print(f"3-4/4 extrapolation and passkey ({len(rest)} runs)", flush=True)
-    run_all(store, rest, args.jobs)
+        rest[long_key(args, "passkey", m)] = spec(
+            m, d, args.passkey_train_len, Passkey(log_gap=args.passkey_log_gap), train_len=args.passkey_train_len,
+            test_lens=args.passkey_lens, depths=args.depths, steps=t["steps"], lr=chosen[m]) | {
+            "batch": t["batch"], "examples": t["examples"]}
+    print(f"3-4/4 extrapolation and passkey ({sum(store.get(k) is None for k in rest)} of {len(rest)} runs left)",
+          flush=True)
+    ran += run_all(store, rest, args.jobs)
     for m in args.long_models:
-        r = store.get(f"passkey/{m}")
+        key = long_key(args, "passkey", m)
         for depth in args.depths:
-            store.data["runs"][f"passkey/{m}/depth{depth}"] = {"scores": r["by_depth"][str(depth)]}
-    store.put("done", {"at": time.strftime("%Y-%m-%d %H:%M")})
+            store.data["runs"][f"{key}/depth{depth}"] = {"scores": store.get(key)["by_depth"][str(depth)]}
+    if ran or store.get("done") is None:  # a report redrawn from stored runs keeps the date they were finished
+        store.put("done", {"at": time.strftime("%Y-%m-%d %H:%M")})
     print(report(store, args, args.out))
     plots(store, args, args.out)
     return 0
