@@ -459,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", action="store_true",
                    help="keep the finished runs of an earlier call with these settings (or these settings with more "
                         "lengths, pairs, widths or models: only the new runs run)")
+    p.add_argument("--report-only", action="store_true",
+                   help="redraw the report and plots from the runs stored in --out, running none (those missing are left out)")
     p.add_argument("--out", type=Path, help=f"where results go (default {RESULTS}, or recall_targets in it with --targets)")
     args = p.parse_args(argv)
     for knob in ("copy_log_window", "induction_log_gap", "passkey_log_gap"):
@@ -486,14 +488,19 @@ def main(argv: list[str] | None = None) -> int:
     from hubtrain.evaluation.recall import MQAR, InductionHeads, Passkey, SelectiveCopying
 
     args.out.mkdir(parents=True, exist_ok=True)
-    store = Store(args.out / "recall.json", args.reuse)
+    store = Store(args.out / "recall.json", args.reuse or args.report_only)
     resnet_bk = json.loads(args.resnet_bk)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "reuse")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "reuse", "report_only")}
+    if args.report_only:
+        if not store.data["runs"]:
+            raise SystemExit(f"--report-only: no stored runs in {args.out / 'recall.json'}; run the benchmark first")
+    runner = (lambda store, specs, jobs: 0) if args.report_only else run_all  # report-only: what is stored, nothing runs
     if store.data.get("settings") is not None and not same_runs(store.data["settings"], settings):
         raise SystemExit("--reuse: recall.json was made with other settings (beyond more grid points); drop --reuse "
                          "to start afresh")
-    store.data["settings"] = settings
-    store.data["command"] = " ".join(["python benchmarks/recall.py", *(sys.argv[1:] if argv is None else argv)])
+    if not args.report_only:
+        store.data["settings"] = settings
+        store.data["command"] = " ".join(["python benchmarks/recall.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"recall benchmark: models {args.models}, widths {args.widths}; results in {args.out}", flush=True)
 
     def spec(m: str, d: int, max_len: int, task: Any, **kw: Any) -> dict[str, Any]:
@@ -508,9 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     sweep = {f"sweep/{m}/{lr:g}": spec(m, args.widths[0], args.sweep_len, sweep_task, train_len=args.sweep_len,
                                        test_lens=[args.sweep_len], steps=args.steps, lr=lr)
              for m in args.models for lr in args.lrs}
-    ran = run_all(store, sweep, args.jobs)
+    ran = runner(store, sweep, args.jobs)
     chosen = {}
-    for m in args.models:
+    for m in [m for m in args.models if store.get(f"sweep/{m}/{args.lrs[0]:g}")]:
         scores = {lr: store.get(f"sweep/{m}/{lr:g}")["scores"][str(args.sweep_len)] for lr in args.lrs}
         chosen[m] = max(scores, key=lambda lr: (scores[lr], -abs(math.log(lr / 3e-3))))
     store.data["lr"] = chosen
@@ -524,14 +531,14 @@ def main(argv: list[str] | None = None) -> int:
                 task = MQAR(vocab=args.vocab, num_pairs=pairs)
                 for m in args.models:
                     grid[f"mqar/{m}/d{d}/n{n}/p{pairs}"] = spec(m, d, n, task, train_len=n, test_lens=[n],
-                                                                steps=args.steps, lr=chosen[m])
+                                                                steps=args.steps, lr=chosen.get(m))
     # the grid point the sweep ran at the chosen rate is the same run (same spec and seed): take it, not rerun it
     for key, run in grid.items():
         same = next((k for k, s in sweep.items() if s == run), None)
-        if store.get(key) is None and same is not None:
+        if store.get(key) is None and same is not None and store.get(same) is not None:
             store.put(key, store.get(same))
     print(f"2/4 MQAR grid ({sum(store.get(k) is None for k in grid)} of {len(grid)} runs left)", flush=True)
-    ran += run_all(store, grid, args.jobs)
+    ran += runner(store, grid, args.jobs)
     # 3. extrapolation: trained at one length, tested far beyond it; 4. passkey
     d = args.widths[0]
     rest = {}
@@ -540,21 +547,21 @@ def main(argv: list[str] | None = None) -> int:
         for m in args.long_models:
             rest[long_key(args, task.name, m)] = spec(
                 m, d, args.extrap_train_len, task, train_len=args.extrap_train_len, test_lens=args.extrap_lens,
-                steps=t["steps"], lr=chosen[m]) | {"batch": t["batch"], "min_examples": args.min_examples}
+                steps=t["steps"], lr=chosen.get(m)) | {"batch": t["batch"], "min_examples": args.min_examples}
     t = long_training(args, "passkey")
     for m in args.long_models:
         rest[long_key(args, "passkey", m)] = spec(
             m, d, args.passkey_train_len, Passkey(log_gap=args.passkey_log_gap), train_len=args.passkey_train_len,
-            test_lens=args.passkey_lens, depths=args.depths, steps=t["steps"], lr=chosen[m]) | {
+            test_lens=args.passkey_lens, depths=args.depths, steps=t["steps"], lr=chosen.get(m)) | {
             "batch": t["batch"], "examples": t["examples"]}
     print(f"3-4/4 extrapolation and passkey ({sum(store.get(k) is None for k in rest)} of {len(rest)} runs left)",
           flush=True)
-    ran += run_all(store, rest, args.jobs)
+    ran += runner(store, rest, args.jobs)
     for m in args.long_models:
         key = long_key(args, "passkey", m)
-        for depth in args.depths:
+        for depth in args.depths if store.get(key) else []:
             store.data["runs"][f"{key}/depth{depth}"] = {"scores": store.get(key)["by_depth"][str(depth)]}
-    if ran or store.get("done") is None:  # a report redrawn from stored runs keeps the date they were finished
+    if not args.report_only and (ran or store.get("done") is None):  # a report redrawn from stored runs keeps the date they were finished
         store.put("done", {"at": time.strftime("%Y-%m-%d %H:%M")})
     print(report(store, args, args.out))
     plots(store, args, args.out)
