@@ -491,9 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args.out / "recall.json", args.reuse or args.report_only)
     resnet_bk = json.loads(args.resnet_bk)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "reuse", "report_only")}
-    if args.report_only:
-        if not store.data["runs"]:
-            raise SystemExit(f"--report-only: no stored runs in {args.out / 'recall.json'}; run the benchmark first")
+    if args.report_only and not store.data["runs"]:
+        raise SystemExit(f"--report-only: no stored runs in {args.out / 'recall.json'}; run the benchmark first")
     runner = (lambda store, specs, jobs: 0) if args.report_only else run_all  # report-only: what is stored, nothing runs
     if store.data.get("settings") is not None and not same_runs(store.data["settings"], settings):
         raise SystemExit("--reuse: recall.json was made with other settings (beyond more grid points); drop --reuse "

@@ -455,8 +455,8 @@ def main() -> None:
             mixer.out_proj.weight.zero_(), mixer.out_proj.bias.zero_()
             mixer.out_proj.requires_grad_(False)
         after_init_weights(no_chain)
-    options = {"mqar": dict(vocab=128, num_pairs=args.pairs), "passkey": dict(log_gap=args.log_gap), "induction_heads": dict(log_gap=args.log_gap),
-               "selective_copying": dict(log_window=args.log_window)}
+    options = {"mqar": dict(vocab=128, num_pairs=args.pairs), "passkey": dict(log_gap=args.log_gap),
+               "induction_heads": dict(log_gap=args.log_gap), "selective_copying": dict(log_window=args.log_window)}
     task = TASKS[args.task](**options.get(args.task, {}))
     n = args.length
     args.eval_lengths = args.eval_lengths or [n]
