@@ -141,7 +141,7 @@ class Store:
 
 
 # settings that the long runs' keys spell out (long_key), so that runs made under others are kept beside them
-LONG_TRAINING = ("extrap_steps", "passkey_steps", "long_batch", "passkey_batch", "copy_log_window",
+LONG_TRAINING = ("extrap_steps", "passkey_steps", "long_batch", "passkey_batch", "copy_batch", "copy_log_window",
                  "induction_log_gap", "passkey_log_gap", "min_examples", "passkey_examples", "targets")
 
 
@@ -160,8 +160,11 @@ def long_training(args: argparse.Namespace, task: str) -> dict[str, Any]:
     if task == "passkey":
         return dict(steps=args.passkey_steps, batch=args.passkey_batch or max(4, args.long_batch // 4),
                     share=("log_gap", args.passkey_log_gap), examples=args.passkey_examples or max(8, args.examples // 8))
-    share = ("log_window", args.copy_log_window) if task == "selective_copying" else ("log_gap", args.induction_log_gap)
-    return dict(steps=args.extrap_steps, batch=args.long_batch, share=share, examples=args.examples)
+    if task == "selective_copying":
+        return dict(steps=args.extrap_steps, batch=args.copy_batch or args.long_batch,
+                    share=("log_window", args.copy_log_window), examples=args.examples)
+    return dict(steps=args.extrap_steps, batch=args.long_batch, share=("log_gap", args.induction_log_gap),
+                examples=args.examples)
 
 
 def long_key(args: argparse.Namespace, task: str, model: str) -> str:
@@ -429,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--passkey-steps", type=int, default=200)
     p.add_argument("--passkey-batch", type=int, help="passkey batch size (default: a quarter of --long-batch, at least 4)")
+    p.add_argument("--copy-batch", type=int, help="selective copying's batch size (default: --long-batch)")
     p.add_argument("--copy-log-window", type=float, default=0.0, metavar="SHARE",
                    help="train selective copying with this share of rows packed into a log-uniform window "
                         "(SelectiveCopying.log_window); scored on the task's own uniform rows")
@@ -450,9 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="toy sizes: the whole path in a few minutes")
     p.add_argument("--targets", action="store_true",
                    help="the recall issue's targets for the recommended shape (resnet_bk_hold) on one run: the long tasks "
-                        "trained 3,000 steps (batch 8; passkey 4) on both spacings (--copy-log-window 0.5, "
-                        "--induction-log-gap 0.5, --passkey-log-gap 0.25), scored on 128-256 rows (passkey 64); about "
-                        "an hour on 2 cores beside the MQAR runs it reuses; results in results/recall_targets")
+                        "trained 3,000 steps (batch 8; selective copying 16, passkey 4) on both spacings "
+                        "(--copy-log-window 0.5, --induction-log-gap 0.5, --passkey-log-gap 0.25), scored on 128-256 rows "
+                        "(passkey 64); about 1.5 hours on 2 cores beside the MQAR runs it reuses; results in "
+                        "results/recall_targets")
     p.add_argument("--full", action="store_true",
                    help="the issue's whole grid (widths 64 and 128, lengths 64-512, 4-64 pairs, Mamba everywhere, "
                         "longer training): many hours on a 2-core CPU, for a machine with more cores (--jobs)")
@@ -468,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{knob.replace('_', '-')} {getattr(args, knob)} is outside [0, 1]: give a share of the training rows")
     if args.targets:
         args.long_models, args.extrap_steps, args.long_batch, args.passkey_steps = ["resnet_bk_hold"], 3000, 8, 3000
-        args.passkey_batch, args.copy_log_window, args.induction_log_gap, args.passkey_log_gap = 4, 0.5, 0.5, 0.25
+        args.passkey_batch, args.copy_batch = 4, 16
+        args.copy_log_window, args.induction_log_gap, args.passkey_log_gap = 0.5, 0.5, 0.25
         args.min_examples, args.passkey_examples = 128, 64
     args.out = args.out or (RESULTS / "recall_targets" if args.targets else RESULTS)
     if "mamba" in args.models and importlib.util.find_spec("mambapy") is None:  # else a silent ~12x slower scan
