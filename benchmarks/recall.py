@@ -269,6 +269,15 @@ def fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def extrap_row(label: str, r: dict[str, Any], lens: list[int], far_len: int) -> str:
+    """One extrapolation run's table row: accuracy at each test length, and the ratio the issue's target is about."""
+    s = r["scores"]
+    base, far = s.get(str(lens[0])), s.get(str(far_len))
+    # a ratio of two chance-level accuracies is noise, not length generalisation
+    ratio = "n/a" if not base or far is None else "n/a (at chance)" if base < 2 * r["chance"] else f"{far / base:.3f}"
+    return f"| {label} | " + " | ".join(fmt(s.get(str(n))) for n in lens) + f" | {ratio} | {r['chance']:.4f} |"
+
+
 def report(store: Store, args: argparse.Namespace, out: Path) -> str:
     runs = store.data["runs"]
 
@@ -322,14 +331,17 @@ def report(store: Store, args: argparse.Namespace, out: Path) -> str:
         for m in args.long_models:
             r = runs.get(long_key(args, task, m))
             if r:
-                s = r["scores"]
-                base, far = s.get(str(args.extrap_lens[0])), s.get(str(far_len))
-                # a ratio of two chance-level accuracies is noise, not length generalisation
-                ratio = ("n/a" if not base or far is None else "n/a (at chance)" if base < 2 * r["chance"]
-                         else f"{far / base:.3f}")
-                lines.append(f"| {LABELS[m]} | " + " | ".join(fmt(s.get(str(n))) for n in args.extrap_lens)
-                             + f" | {ratio} | {r['chance']:.4f} |")
+                lines.append(extrap_row(LABELS[m], r, args.extrap_lens, far_len))
         lines.append("")
+    # runs of the same models trained or scored otherwise (an earlier budget), kept so that none is hidden
+    others = [(key, r) for key, r in runs.items() if key.count("/") == 2 and key.split("/")[1] in args.long_models
+              and key.split("/")[0] in ("selective_copying", "induction_heads")
+              and key != long_key(args, key.split("/")[0], key.split("/")[1])]
+    if others:
+        lines += ["## The same models' other stored runs (trained or scored otherwise; not this run)", "",
+                  "| task / model / STEPSxBATCH-share-evalROWS | " + " | ".join(str(n) for n in args.extrap_lens)
+                  + f" | ratio {far_len} / {args.extrap_lens[0]} | chance |", "|---|" + "---:|" * (len(args.extrap_lens) + 2)]
+        lines += [extrap_row(f"`{key}`", r, args.extrap_lens, far_len) for key, r in sorted(others)] + [""]
     lines += [f"## Passkey: trained at {args.passkey_train_len} ({trained('passkey')}), exact 5-digit accuracy by length "
               "and depth", ""]
     for m in args.long_models:
