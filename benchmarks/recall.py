@@ -160,11 +160,10 @@ def long_training(args: argparse.Namespace, task: str) -> dict[str, Any]:
     if task == "passkey":
         return dict(steps=args.passkey_steps, batch=args.passkey_batch or max(4, args.long_batch // 4),
                     share=("log_gap", args.passkey_log_gap), examples=args.passkey_examples or max(8, args.examples // 8))
-    if task == "selective_copying":
-        return dict(steps=args.extrap_steps, batch=args.copy_batch or args.long_batch,
-                    share=("log_window", args.copy_log_window), examples=args.examples)
-    return dict(steps=args.extrap_steps, batch=args.long_batch, share=("log_gap", args.induction_log_gap),
-                examples=args.examples)
+    copy = task == "selective_copying"
+    share = ("log_window", args.copy_log_window) if copy else ("log_gap", args.induction_log_gap)
+    batch = args.copy_batch if copy and args.copy_batch else args.long_batch
+    return dict(steps=args.extrap_steps, batch=batch, share=share, examples=args.examples)
 
 
 def long_key(args: argparse.Namespace, task: str, model: str) -> str:
@@ -269,6 +268,12 @@ def fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def extrap_header(first: str, lens: list[int], far_len: int) -> list[str]:
+    """The head of an extrapolation table: one column per test length, then the ratio and chance."""
+    return [f"| {first} | " + " | ".join(str(n) for n in lens) + f" | ratio {far_len} / {lens[0]} | chance |",
+            "|---|" + "---:|" * (len(lens) + 2)]
+
+
 def extrap_row(label: str, r: dict[str, Any], lens: list[int], far_len: int) -> str:
     """One extrapolation run's table row: accuracy at each test length, and the ratio the issue's target is about."""
     s = r["scores"]
@@ -324,24 +329,22 @@ def report(store: Store, args: argparse.Namespace, out: Path) -> str:
     far_len = 64 * args.extrap_lens[0] if 64 * args.extrap_lens[0] in args.extrap_lens else args.extrap_lens[-1]
     for task in ("selective_copying", "induction_heads"):
         lines += [f"## {task.replace('_', ' ')}: trained at {args.extrap_train_len} ({trained(task)}), accuracy by test "
-                  "length", "",
-                  "| model | " + " | ".join(str(n) for n in args.extrap_lens)
-                  + f" | ratio {far_len} / {args.extrap_lens[0]} | chance |",
-                  "|---|" + "---:|" * (len(args.extrap_lens) + 2)]
+                  "length", "", *extrap_header("model", args.extrap_lens, far_len)]
         for m in args.long_models:
             r = runs.get(long_key(args, task, m))
             if r:
                 lines.append(extrap_row(LABELS[m], r, args.extrap_lens, far_len))
         lines.append("")
     # runs of the same models trained or scored otherwise (an earlier budget), kept so that none is hidden
-    others = [(key, r) for key, r in runs.items() if key.count("/") == 2 and key.split("/")[1] in args.long_models
-              and key.split("/")[0] in ("selective_copying", "induction_heads")
-              and key != long_key(args, key.split("/")[0], key.split("/")[1])]
+    others = []
+    for key, r in sorted(runs.items()):
+        parts = key.split("/")  # task/model/budget; passkey's depths have a fourth part
+        if (len(parts) == 3 and parts[0] in ("selective_copying", "induction_heads") and parts[1] in args.long_models
+                and key != long_key(args, parts[0], parts[1])):
+            others.append(extrap_row(f"`{key}`", r, args.extrap_lens, far_len))
     if others:
         lines += ["## The same models' other stored runs (trained or scored otherwise; not this run)", "",
-                  "| task / model / STEPSxBATCH-share-evalROWS | " + " | ".join(str(n) for n in args.extrap_lens)
-                  + f" | ratio {far_len} / {args.extrap_lens[0]} | chance |", "|---|" + "---:|" * (len(args.extrap_lens) + 2)]
-        lines += [extrap_row(f"`{key}`", r, args.extrap_lens, far_len) for key, r in sorted(others)] + [""]
+                  *extrap_header("task / model / STEPSxBATCH-share-evalROWS", args.extrap_lens, far_len), *others, ""]
     lines += [f"## Passkey: trained at {args.passkey_train_len} ({trained('passkey')}), exact 5-digit accuracy by length "
               "and depth", ""]
     for m in args.long_models:
