@@ -235,7 +235,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64, help="training batch size")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--clip", type=float, metavar="NORM", help="clip the gradient's norm to NORM (default: no clipping)")
+    p.add_argument("--clip", type=float, metavar="NORM",
+                   help="clip the gradient's norm to NORM (default: CausalLMTask's grad_clip, 1.0; 0 turns it off)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the training examples")
     p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.5, 1.0],
                    help="passkey: score the exact 5-digit accuracy at these depths too (trained at random depths)")
@@ -473,7 +474,7 @@ def main() -> None:
         config = configs(args.peer, vocab=task.vocab_size, d=64, layers=2, max_len=n, resnet_bk={})
     t0 = time.time()
     lm = train(config, task, n, steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed,
-               trainer_kwargs={"gradient_clip_val": args.clip} if args.clip else None)
+               trainer_kwargs=None if args.clip is None else {"gradient_clip_val": args.clip})
     if args.save:
         lm.model.save_pretrained(args.save)
     k = args.eval_examples
