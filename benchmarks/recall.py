@@ -15,7 +15,7 @@ Each model gets its own learning rate from a small sweep the script runs first (
     python benchmarks/recall.py --models resnet_bk resnet_bk_ss resnet_bk_recall resnet_bk_hold gpt2 mamba  # + softplus
     python benchmarks/recall.py --full     # the whole grid of the issue (widths 64/128, lengths 64-512, 4-64 pairs)
     python benchmarks/recall.py --quick    # a few minutes: the whole path at toy sizes
-    python benchmarks/recall.py --targets  # the issue's targets for resnet_bk_hold: long tasks at 3,000 steps
+    python benchmarks/recall.py --targets  # the issue's targets for resnet_bk_hold: long tasks at 3,000-6,000 steps
 
 The long tasks can be trained on both spacings at once, the same for every model (``--copy-log-window``,
 ``--induction-log-gap``, ``--passkey-log-gap``: a share of the training rows with the data, trigger or key at a
