@@ -141,8 +141,8 @@ class Store:
 
 
 # settings that the long runs' keys spell out (long_key), so that runs made under others are kept beside them
-LONG_TRAINING = ("extrap_steps", "passkey_steps", "long_batch", "passkey_batch", "copy_steps", "copy_batch", "copy_log_window",
-                 "induction_log_gap", "passkey_log_gap", "min_examples", "passkey_examples", "targets")
+LONG_TRAINING = ("extrap_steps", "passkey_steps", "long_batch", "passkey_batch", "copy_steps", "copy_batch",
+                 "copy_log_window", "induction_log_gap", "passkey_log_gap", "min_examples", "passkey_examples", "targets")
 
 
 def same_runs(old: dict[str, Any], new: dict[str, Any]) -> bool:
