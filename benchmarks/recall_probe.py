@@ -47,6 +47,8 @@ flags below, so every figure in the table can be made again::
         "semiseparable_decay_heads": 128, "semiseparable_conv_width": 4, "semiseparable_decay_activation": "relu", \
         "ffn_dim": 14}' --task selective_copying --length 256 --batch 8 --steps 3000 --lr 1e-2 --log-window 0.5 \
         --eval-lengths 256 1024 4096 16384                                  # half the rows packed, half spread
+    python benchmarks/recall_probe.py '<the same shape>' --task selective_copying --length 256 --log-window 0.5 \
+        --eval-lengths 256 --load DIR --per-answer   # a run saved with --save DIR, scored per answer and spacing
 
 The transmission flags (--strip-phase, --decay-semiseparable, --smooth-transmission) rebuild the scan's output
 from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine at length 64, for probing only.
@@ -162,6 +164,23 @@ def report_transmission(modeling, config, task) -> None:
                 print(f"layer {layer} channel {h} (eta {eta:.3g}) |G[i, 0]| min / median / max at i = " + ", ".join(cells))
 
 
+@torch.no_grad()
+def per_answer(model: nn.Module, task, n: int, examples: int) -> dict[str, list[float]]:
+    """Selective copying at length ``n``: the accuracy of each answer (the 1st .. ``num_tokens``-th data token), with
+    the data packed into the last ``w`` positions before the separator, for ``w`` of 1, 2, 4 and 8 x ``num_tokens``,
+    and spread over the whole row ("all"): where in the order, and at which spacing, a model loses the copy."""
+    import dataclasses
+
+    M, out = task.num_tokens, {}
+    model.eval()
+    for w in (M, 2 * M, 4 * M, 8 * M, None):
+        ids, labels = dataclasses.replace(task, window=w, log_window=0.0).sample(examples, n, seed=10_000)
+        pred = torch.cat([model(input_ids=ids[i : i + 32]).logits[:, :-1].argmax(-1) for i in range(0, examples, 32)])
+        # pred[:, j] predicts token j + 1: the a-th answer sits at a - M in labels and is predicted at a - M in pred
+        out[str(w or "all")] = [round(float((pred[:, a - M] == labels[:, a - M]).float().mean()), 2) for a in range(M)]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("options", help="ResNetBKConfig fields as JSON")
@@ -252,11 +271,17 @@ def main() -> None:
     p.add_argument("--eval-examples", type=int, default=256, help="held-out examples per scored length (and depth)")
     p.add_argument("--save", metavar="DIR", help="save the trained model here (save_pretrained) before scoring it, to "
                    "score it again later; reloads as trained only without the flags that patch the mixer")
+    p.add_argument("--load", metavar="DIR", help="score a model saved with --save instead of training one")
+    p.add_argument("--per-answer", action="store_true",
+                   help="selective copying: also report the accuracy of each answer (1st .. num_tokens-th) at the "
+                        "training length, with the data packed into windows of 1, 2, 4 and 8 x num_tokens and spread")
     args = p.parse_args()
     scans = [name for name in ("selective_absorption", "lead", "strip_phase", "decay_semiseparable", "smooth_transmission")
              if getattr(args, name) not in (None, False)]
     if ("selective_absorption" in scans or "lead" in scans) and len(scans) > 1:
         p.error(f"--{' and --'.join(n.replace('_', '-') for n in scans)} each replace the scan: use one at a time")
+    if args.load and args.peer:
+        p.error(f"--load {args.load} reloads a ResNet-BK saved with --save; drop --peer {args.peer} to score it")
     torch.set_num_threads(1)
     import hubtrain.models.resnet_bk.modeling_resnet_bk as modeling
     from hubtrain.evaluation.recall import TASKS, Passkey, SelectiveCopying, evaluate, train
@@ -473,31 +498,36 @@ def main() -> None:
 
         config = configs(args.peer, vocab=task.vocab_size, d=64, layers=2, max_len=n, resnet_bk={})
     t0 = time.time()
-    lm = train(config, task, n, steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed,
-               trainer_kwargs=None if args.clip is None else {"gradient_clip_val": args.clip})
+    if args.load:
+        model = modeling.ResNetBKForCausalLM.from_pretrained(args.load)
+    else:
+        model = train(config, task, n, steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed,
+                      trainer_kwargs=None if args.clip is None else {"gradient_clip_val": args.clip}).model
     if args.save:
-        lm.model.save_pretrained(args.save)
+        model.save_pretrained(args.save)
     k = args.eval_examples
-    result = evaluate(lm.model, task, n, examples=k)
+    result = evaluate(model, task, n, examples=k)
     # None where the model cannot run (GPT-2 past its n_positions): not applicable, not zero
     runs = [m for m in args.eval_lengths if args.peer != "gpt2" or m <= config.n_positions]
-    at_length = {m: round((result if m == n else evaluate(lm.model, task, m, examples=k))["accuracy"], 3)
+    at_length = {m: round((result if m == n else evaluate(model, task, m, examples=k))["accuracy"], 3)
                  if m in runs else None for m in args.eval_lengths}
     if args.task == "passkey":  # as recall.py reports it: exact 5-digit accuracy per depth and length
         at_length = {"accuracy": at_length, "exact_by_depth": {d: {m: round(evaluate(
-            lm.model, Passkey(depth=d), m, examples=k, batch_size=4)["exact"], 3) if m in runs else None
+            model, Passkey(depth=d), m, examples=k, batch_size=4)["exact"], 3) if m in runs else None
             for m in args.eval_lengths} for d in args.depths}}
     if args.eval_window:
         dense = SelectiveCopying(window=args.eval_window)
         at_length = {"accuracy": at_length, f"window {args.eval_window}": {
-            m: round(evaluate(lm.model, dense, m, examples=k)["accuracy"], 3) for m in args.eval_lengths}}
+            m: round(evaluate(model, dense, m, examples=k)["accuracy"], 3) for m in args.eval_lengths}}
+    if args.per_answer and args.task == "selective_copying":
+        at_length = {"accuracy": at_length, "per_answer": per_answer(model, task, n, k)}
     flags = {k: v for k, v in vars(args).items() if k not in ("options", "report_transmission", "steps", "lr")}
-    mixers = [m for m in lm.model.modules() if isinstance(m, Mixer)]
+    mixers = [m for m in model.modules() if isinstance(m, Mixer)]
     trained = {f"layer {i}": {"E": [round(x, 3) for x in energy.tolist()], "eta": [float(f"{x:.3g}") for x in eta.tolist()]}
                for i, (energy, eta) in enumerate(channel_energy_eta(m) for m in mixers)}
     print(json.dumps({"options": json.loads(args.options), **flags, "trained_channels": trained,
                       "accuracy": round(result["accuracy"], 3), "accuracy_at_length": at_length,
-                      "chance": result["chance"], "non_embedding": lm.model.num_parameters(exclude_embeddings=True),
+                      "chance": result["chance"], "non_embedding": model.num_parameters(exclude_embeddings=True),
                       "seconds": round(time.time() - t0)}))
 
 
