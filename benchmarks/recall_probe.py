@@ -56,6 +56,7 @@ from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -164,18 +165,16 @@ def report_transmission(modeling, config, task) -> None:
                 print(f"layer {layer} channel {h} (eta {eta:.3g}) |G[i, 0]| min / median / max at i = " + ", ".join(cells))
 
 
-@torch.no_grad()
 def per_answer(model: nn.Module, task, n: int, examples: int) -> dict[str, list[float]]:
     """Selective copying at length ``n``: the accuracy of each answer (the 1st .. ``num_tokens``-th data token), with
     the data packed into the last ``w`` positions before the separator, for ``w`` of 1, 2, 4 and 8 x ``num_tokens``,
     and spread over the whole row ("all"): where in the order, and at which spacing, a model loses the copy."""
-    import dataclasses
+    from hubtrain.evaluation.recall import predict
 
     M, out = task.num_tokens, {}
-    model.eval()
     for w in (M, 2 * M, 4 * M, 8 * M, None):
         ids, labels = dataclasses.replace(task, window=w, log_window=0.0).sample(examples, n, seed=10_000)
-        pred = torch.cat([model(input_ids=ids[i : i + 32]).logits[:, :-1].argmax(-1) for i in range(0, examples, 32)])
+        pred = predict(model, ids)
         # pred[:, j] predicts token j + 1: the a-th answer sits at a - M in labels and is predicted at a - M in pred
         out[str(w or "all")] = [round(float((pred[:, a - M] == labels[:, a - M]).float().mean()), 2) for a in range(M)]
     return out

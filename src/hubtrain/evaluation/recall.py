@@ -272,25 +272,31 @@ def score_predictions(pred: Tensor, labels: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model: Any, task: RecallTask, seq_len: int, *, examples: int = 256, batch_size: int = 32,
-             seed: int = 10_000) -> dict[str, float]:
-    """Score a causal LM (anything whose call on ``input_ids`` returns ``.logits``) on fresh examples of ``task``.
-
-    ``seed`` defaults far from the training seeds, so the examples are held out. Long sequences are run a few
-    rows at a time: ``batch_size`` is scaled down so that a batch holds at most ``batch_size * 512`` tokens.
-    """
+def predict(model: Any, ids: Tensor, *, batch_size: int = 32) -> Tensor:
+    """Next-token predictions ``(n, L-1)`` of a causal LM (anything whose call on ``input_ids`` returns ``.logits``),
+    in eval mode. Long sequences are run a few rows at a time: ``batch_size`` is scaled down so that a batch holds at
+    most ``batch_size * 512`` tokens."""
     was_training = getattr(model, "training", False)
     model.eval()
-    ids, labels = task.sample(examples, seq_len, seed)
-    per_batch = max(1, min(batch_size, batch_size * 512 // seq_len))
+    per_batch = max(1, min(batch_size, batch_size * 512 // ids.shape[1]))
     preds = []
     try:
-        for start in range(0, examples, per_batch):
+        for start in range(0, ids.shape[0], per_batch):
             logits = model(input_ids=ids[start : start + per_batch]).logits
             preds.append(logits[:, :-1].argmax(-1))
     finally:
         model.train(was_training)
-    result = score_predictions(torch.cat(preds), labels)
+    return torch.cat(preds)
+
+
+def evaluate(model: Any, task: RecallTask, seq_len: int, *, examples: int = 256, batch_size: int = 32,
+             seed: int = 10_000) -> dict[str, float]:
+    """Score a causal LM on fresh examples of ``task`` (predicted with :func:`predict`).
+
+    ``seed`` defaults far from the training seeds, so the examples are held out.
+    """
+    ids, labels = task.sample(examples, seq_len, seed)
+    result = score_predictions(predict(model, ids, batch_size=batch_size), labels)
     return {**result, "chance": task.chance, "seq_len": seq_len, "examples": examples}
 
 
@@ -357,4 +363,4 @@ def state_bytes_per_layer(model: Any, batch: int = 1) -> int | None:
 
 
 __all__ = ["IGNORE", "InductionHeads", "MQAR", "Passkey", "RecallDataModule", "RecallTask", "SelectiveCopying", "TASKS",
-           "evaluate", "score", "score_predictions", "state_bytes_per_layer", "train"]
+           "evaluate", "predict", "score", "score_predictions", "state_bytes_per_layer", "train"]
