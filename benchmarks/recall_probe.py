@@ -49,6 +49,8 @@ flags below, so every figure in the table can be made again::
         --eval-lengths 256 1024 4096 16384                                  # half the rows packed, half spread
     python benchmarks/recall_probe.py '<the same shape>' --task selective_copying --length 256 --log-window 0.5 \
         --eval-lengths 256 --load DIR --per-answer   # a run saved with --save DIR, scored per answer and spacing
+    python benchmarks/recall_probe.py '<the same shape>' --task selective_copying --length 256 --batch 8 --steps 3000 \
+        --lr 1e-2 --log-window 0.5 --eval-lengths 256 1024 4096 16384 --curriculum 4 8 16  # 4, then 8, then 16 tokens
 
 The transmission flags (--strip-phase, --decay-semiseparable, --smooth-transmission) rebuild the scan's output
 from G[i, j] = g_j prod_{j<l<=i} (-t_{l-1} g_l) as a dense (N x N) kernel: fine at length 64, for probing only.
@@ -271,6 +273,9 @@ def main() -> None:
     p.add_argument("--save", metavar="DIR", help="save the trained model here (save_pretrained) before scoring it, to "
                    "score it again later; reloads as trained only without the flags that patch the mixer")
     p.add_argument("--load", metavar="DIR", help="score a model saved with --save instead of training one")
+    p.add_argument("--curriculum", type=int, nargs="+", metavar="M",
+                   help="selective copying: train on M1, M2, ... data tokens in turn, --steps split evenly between the "
+                        "stages (each its own warmup and cosine); the last M is the task scored")
     p.add_argument("--per-answer", action="store_true",
                    help="selective copying: also report the accuracy of each answer (1st .. num_tokens-th) at the "
                         "training length, with the data packed into windows of 1, 2, 4 and 8 x num_tokens and spread")
@@ -279,6 +284,9 @@ def main() -> None:
              if getattr(args, name) not in (None, False)]
     if ("selective_absorption" in scans or "lead" in scans) and len(scans) > 1:
         p.error(f"--{' and --'.join(n.replace('_', '-') for n in scans)} each replace the scan: use one at a time")
+    if args.curriculum and (args.task != "selective_copying" or args.load):
+        p.error(f"--curriculum {' '.join(map(str, args.curriculum))} trains selective copying in stages: give "
+                "--task selective_copying, without --load")
     if args.load and args.peer:
         p.error(f"--load {args.load} reloads a ResNet-BK saved with --save; drop --peer {args.peer} to score it")
     torch.set_num_threads(1)
@@ -484,6 +492,8 @@ def main() -> None:
     options = {"mqar": dict(vocab=128, num_pairs=args.pairs), "passkey": dict(log_gap=args.log_gap),
                "induction_heads": dict(log_gap=args.log_gap), "selective_copying": dict(log_window=args.log_window)}
     task = TASKS[args.task](**options.get(args.task, {}))
+    stages = [dataclasses.replace(task, num_tokens=m) for m in args.curriculum or []] or [task]
+    task = stages[-1]
     n = args.length
     args.eval_lengths = args.eval_lengths or [n]
     shape = dict(vocab_size=task.vocab_size, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,
@@ -500,8 +510,11 @@ def main() -> None:
     if args.load:
         model = modeling.ResNetBKForCausalLM.from_pretrained(args.load)
     else:
-        model = train(config, task, n, steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed,
-                      trainer_kwargs=None if args.clip is None else {"gradient_clip_val": args.clip}).model
+        model = config  # the first stage builds it from the config with --seed, as a run without --curriculum does
+        for i, stage in enumerate(stages):
+            model = train(model, stage, n, steps=args.steps // len(stages), batch_size=args.batch, lr=args.lr,
+                          seed=args.seed + i,
+                          trainer_kwargs=None if args.clip is None else {"gradient_clip_val": args.clip}).model
     if args.save:
         model.save_pretrained(args.save)
     k = args.eval_examples
