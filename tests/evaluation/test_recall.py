@@ -14,6 +14,7 @@ from hubtrain.evaluation.recall import (
     Passkey,
     SelectiveCopying,
     evaluate,
+    predict,
     score_predictions,
     state_bytes_per_layer,
     train,
@@ -136,6 +137,24 @@ def test_the_suite_trains_through_causal_lm_task_and_scores_held_out_examples(on
     assert set(result) >= {"accuracy", "exact", "chance", "seq_len"} and 0 <= result["accuracy"] <= 1
     assert result["chance"] == pytest.approx(1 / 16) and result["scored"] == 32
     assert state_bytes_per_layer(lm.model) == 4 * 2 * (2 + 2 * 8)  # g and y of 2 channels, float32
+
+
+def test_predict_runs_long_rows_a_few_at_a_time_with_the_same_answers_and_restores_training_mode(one_thread):
+    """Rows of 1,200 tokens with batch_size 1 go through one at a time (1 * 512 // 1200 rounds up to 1 row); the
+    predictions equal one forward pass over all rows, and are not all one token (a context-blind model would pass)."""
+    from hubtrain.models.resnet_bk import ResNetBKConfig, ResNetBKForCausalLM
+
+    torch.manual_seed(0)
+    config = ResNetBKConfig(vocab_size=32, d_model=32, n_layers=1, num_channels=2, channel_dim=8, num_experts=1)
+    model = ResNetBKForCausalLM(config).train()
+    ids = torch.randint(0, 32, (3, 1200))
+    pred = predict(model, ids, batch_size=1)
+    assert model.training, "predict must hand the model back in the mode it got it"
+    model.eval()
+    with torch.no_grad():
+        whole = model(input_ids=ids).logits[:, :-1].argmax(-1)
+    assert pred.shape == (3, 1199) and torch.equal(pred, whole)
+    assert pred.unique().numel() > 1
 
 
 def test_state_size_is_none_for_attention_and_conv_plus_ssm_for_mamba(one_thread):
