@@ -292,8 +292,11 @@ def report(store: Store, args: argparse.Namespace, out: Path) -> str:
         name, share = t["share"]
         return f"{t['steps']} steps of batch {t['batch']}" + (f", {name} {share:g}" if share else "")
 
-    lines = ["# Recall and long-context benchmark", "",
-             f"`{store.data.get('command', 'python benchmarks/recall.py')}`: {store.data.get('settings', {})}", ""]
+    commands = store.data.get("commands") or [store.data.get("command", "python benchmarks/recall.py")]
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "reuse", "report_only")}
+    lines = ["# Recall and long-context benchmark", "", "Made by " + ", then ".join(f"`{c}`" for c in commands)
+             + (" (each call reusing the runs of those before it)" if len(commands) > 1 else "")
+             + f". Settings of this report: {settings}", ""]
     lr = store.data.get("lr", {})
     if lr:
         lines += ["## Learning rates (sweep on MQAR, best final accuracy)", "", "| model | " + " | ".join(
@@ -521,9 +524,13 @@ def main(argv: list[str] | None = None) -> int:
     if store.data.get("settings") is not None and not same_runs(store.data["settings"], settings):
         raise SystemExit("--reuse: recall.json was made with other settings (beyond more grid points); drop --reuse "
                          "to start afresh")
-    if not args.report_only:
+    if not args.report_only:  # the calls that made the stored runs, in order (a grid may be filled in several calls)
         store.data["settings"] = settings
-        store.data["command"] = " ".join(["python benchmarks/recall.py", *(sys.argv[1:] if argv is None else argv)])
+        command = " ".join(["python benchmarks/recall.py", *(sys.argv[1:] if argv is None else argv)])
+        commands = store.data.setdefault("commands", [store.data["command"]] if "command" in store.data else [])
+        if command not in commands:
+            commands.append(command)
+        store.data["command"] = command
     print(f"recall benchmark: models {args.models}, widths {args.widths}; results in {args.out}", flush=True)
 
     def spec(m: str, d: int, max_len: int, task: Any, **kw: Any) -> dict[str, Any]:
