@@ -320,14 +320,20 @@ def report(store: Store, args: argparse.Namespace, out: Path) -> str:
                 lines.append(f"| {n} | {pairs} | " + " | ".join(fmt(c["scores"][str(n)]) if c else "-" for c in cells)
                              + f" | {chance:.4f} |")
         lines.append("")
-    meta = [(m, runs.get(f"mqar/{m}/d{args.widths[0]}/n{args.seq_lens[0]}/p{args.pairs[0]}")) for m in args.models]
-    lines += ["## Size and state", "", "| model | non-embedding parameters (d_model %d) | recurrent state per layer |"
-              % args.widths[0], "|---|---:|---:|"]
-    for m, r in meta:
-        if r:
-            state = r["state_bytes_per_layer"]
-            lines.append(f"| {LABELS[m]} | {r['non_embedding']:,} | "
-                         + (f"{state:,} bytes" if state else "grows with the context (KV cache)") + " |")
+    # size and state at each width, from any MQAR run of the model at that width (they share the config's shape)
+    lines += ["## Size and state", "", "| model | " + " | ".join(
+        f"non-embedding parameters (d_model {d}) | recurrent state per layer (d_model {d})" for d in args.widths)
+        + " |", "|---|" + "---:|---:|" * len(args.widths)]
+    for m in args.models:
+        cells = []
+        for d in args.widths:
+            r = next((r for n in args.seq_lens for pairs in args.pairs
+                      if (r := runs.get(f"mqar/{m}/d{d}/n{n}/p{pairs}"))), None)
+            state = r and r["state_bytes_per_layer"]
+            cells += [f"{r['non_embedding']:,}" if r else "-",
+                      "-" if r is None else f"{state:,} bytes" if state else "grows with the context (KV cache)"]
+        if any(c != "-" for c in cells):
+            lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
     lines.append("")
     # the target: accuracy at 64x the training length against the training length
     far_len = 64 * args.extrap_lens[0] if 64 * args.extrap_lens[0] in args.extrap_lens else args.extrap_lens[-1]
