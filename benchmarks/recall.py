@@ -388,6 +388,7 @@ def plots(store: Store, args: argparse.Namespace, out: Path) -> None:
                     ax.plot(*zip(*pts), marker="o", label=LABELS[m])
             ax.set(title=f"d={d}, {pairs} pairs", xscale="log", xlabel="sequence length", ylim=(-0.02, 1.02))
             ax.set_xticks(args.seq_lens, [str(n) for n in args.seq_lens])
+            ax.set_xlim(min(args.seq_lens) / 1.15, max(args.seq_lens) * 1.15)  # the same axis on a panel with one point
             ax.set_xticks([], minor=True)
             ax.axhline(2 / args.vocab, color="gray", ls=":", lw=1, label="chance")
             ax.grid(alpha=0.3)
