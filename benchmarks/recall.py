@@ -284,6 +284,12 @@ def extrap_row(label: str, r: dict[str, Any], lens: list[int], far_len: int) -> 
     return f"| {label} | " + " | ".join(fmt(s.get(str(n))) for n in lens) + f" | {ratio} | {r['chance']:.4f} |"
 
 
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings that make the runs (what the store checks on --reuse and the report prints): every argument but
+    where results go and whether to reuse or only redraw them."""
+    return {k: v for k, v in vars(args).items() if k not in ("out", "reuse", "report_only")}
+
+
 def report(store: Store, args: argparse.Namespace, out: Path) -> str:
     runs = store.data["runs"]
 
@@ -293,10 +299,9 @@ def report(store: Store, args: argparse.Namespace, out: Path) -> str:
         return f"{t['steps']} steps of batch {t['batch']}" + (f", {name} {share:g}" if share else "")
 
     commands = store.data.get("commands") or [store.data.get("command", "python benchmarks/recall.py")]
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "reuse", "report_only")}
     lines = ["# Recall and long-context benchmark", "", "Made by " + ", then ".join(f"`{c}`" for c in commands)
              + (" (each call reusing the runs of those before it)" if len(commands) > 1 else "")
-             + f". Settings of this report: {settings}", ""]
+             + f". Settings of this report: {settings_of(args)}", ""]
     lr = store.data.get("lr", {})
     if lr:
         lines += ["## Learning rates (sweep on MQAR, best final accuracy)", "", "| model | " + " | ".join(
@@ -524,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     store = Store(args.out / "recall.json", args.reuse or args.report_only)
     resnet_bk = json.loads(args.resnet_bk)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "reuse", "report_only")}
+    settings = settings_of(args)
     if args.report_only and not store.data["runs"]:
         raise SystemExit(f"--report-only: no stored runs in {args.out / 'recall.json'}; run the benchmark first")
     runner = (lambda store, specs, jobs: 0) if args.report_only else run_all  # report-only: what is stored, nothing runs
@@ -537,7 +542,6 @@ def main(argv: list[str] | None = None) -> int:
         commands = store.data.setdefault("commands", [store.data["command"]] if "command" in store.data else [])
         if command not in commands:
             commands.append(command)
-        store.data["command"] = command
     print(f"recall benchmark: models {args.models}, widths {args.widths}; results in {args.out}", flush=True)
 
     def spec(m: str, d: int, max_len: int, task: Any, **kw: Any) -> dict[str, Any]:
