@@ -409,11 +409,15 @@ def plots(store: Store, args: argparse.Namespace, out: Path) -> None:
     for row, d in enumerate(args.widths):
         for col, pairs in enumerate(args.pairs):
             ax = axes[row][col]
+            drawn = False
             for m in args.models:
                 pts = [(n, runs[k]["scores"][str(n)]) for n in args.seq_lens
                        if (k := f"mqar/{m}/d{d}/n{n}/p{pairs}") in runs and runs[k]["scores"][str(n)] is not None]
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=LABELS[m])
+                    drawn = True
+            if not drawn:  # say so, rather than leave a blank panel to be read as zero
+                ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", va="center", color="gray")
             ax.set(title=f"d={d}, {pairs} pairs", xscale="log", xlabel="sequence length", ylim=(-0.02, 1.02))
             ax.set_xticks(args.seq_lens, [str(n) for n in args.seq_lens])
             ax.set_xlim(min(args.seq_lens) / 1.15, max(args.seq_lens) * 1.15)  # the same axis on a panel with one point
