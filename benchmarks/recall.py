@@ -133,12 +133,12 @@ def under(config: Any, budget: int) -> Any:
     if non_embedding(config) <= budget:
         return config
     d = config.d_model
+    shape = lambda channels, ffn: config.__class__(**{**config.to_dict(), "num_channels": channels, "ffn_dim": ffn})
     for channels in range(config.num_channels - 1, 0, -1):
-        one, two = (non_embedding(config.__class__(**{**config.to_dict(), "num_channels": channels, "ffn_dim": f}))
-                    for f in (1, 2))
+        one, two = (non_embedding(shape(channels, f)) for f in (1, 2))
         ffn = 1 + (budget - one) // (two - one)  # parameters grow linearly with the experts' width
         if ffn >= d // 8:
-            return config.__class__(**{**config.to_dict(), "num_channels": channels, "ffn_dim": ffn})
+            return shape(channels, ffn)
     raise ValueError(f"no ResNet-BK shape at d_model {d} fits {budget:,} non-embedding parameters")
 
 
