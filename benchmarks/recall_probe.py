@@ -276,6 +276,9 @@ def main() -> None:
     p.add_argument("--curriculum", type=int, nargs="+", metavar="M",
                    help="selective copying: train on M1, M2, ... data tokens in turn, --steps split evenly between the "
                         "stages (each its own warmup and cosine); the last M is the task scored")
+    p.add_argument("--length-curriculum", type=int, nargs="+", metavar="N",
+                   help="train at lengths N1, N2, ... in turn, the last one --length, --steps split evenly between "
+                        "the stages (each its own warmup and cosine); e.g. --length 256 --length-curriculum 64 256")
     p.add_argument("--per-answer", action="store_true",
                    help="selective copying: also report the accuracy of each answer (1st .. num_tokens-th) at the "
                         "training length, with the data packed into windows of 1, 2, 4 and 8 x num_tokens and spread")
@@ -287,6 +290,9 @@ def main() -> None:
     if args.curriculum and (args.task != "selective_copying" or args.load):
         p.error(f"--curriculum {' '.join(map(str, args.curriculum))} trains selective copying in stages: give "
                 "--task selective_copying, without --load")
+    if args.length_curriculum and (args.curriculum or args.load or args.length_curriculum[-1] != args.length):
+        p.error(f"--length-curriculum {' '.join(map(str, args.length_curriculum))} trains in stages ending at --length "
+                f"{args.length}: end it with {args.length}, without --curriculum or --load")
     if args.load and args.peer:
         p.error(f"--load {args.load} reloads a ResNet-BK saved with --save; drop --peer {args.peer} to score it")
     torch.set_num_threads(1)
@@ -492,9 +498,12 @@ def main() -> None:
     options = {"mqar": dict(vocab=128, num_pairs=args.pairs), "passkey": dict(log_gap=args.log_gap),
                "induction_heads": dict(log_gap=args.log_gap), "selective_copying": dict(log_window=args.log_window)}
     task = TASKS[args.task](**options.get(args.task, {}))
-    stages = [dataclasses.replace(task, num_tokens=m) for m in args.curriculum or []] or [task]
-    task = stages[-1]
     n = args.length
+    stages = [(dataclasses.replace(task, num_tokens=m), n) for m in args.curriculum or []] or [
+        (task, m) for m in args.length_curriculum or [n]]
+    task = stages[-1][0]
+    if args.length_curriculum and (short := min(args.length_curriculum)) < task.min_length():
+        p.error(f"--length-curriculum {short} is shorter than {args.task} needs ({task.min_length()}): give longer stages")
     args.eval_lengths = args.eval_lengths or [n]
     shape = dict(vocab_size=task.vocab_size, d_model=64, n_layers=2, num_channels=4, channel_dim=16, num_experts=2,
                  ffn_dim=128)
@@ -511,8 +520,8 @@ def main() -> None:
         model = modeling.ResNetBKForCausalLM.from_pretrained(args.load)
     else:
         model = config  # the first stage builds it from the config with --seed, as a run without --curriculum does
-        for i, stage in enumerate(stages):
-            model = train(model, stage, n, steps=args.steps // len(stages), batch_size=args.batch, lr=args.lr,
+        for i, (stage, length) in enumerate(stages):
+            model = train(model, stage, length, steps=args.steps // len(stages), batch_size=args.batch, lr=args.lr,
                           seed=args.seed + i,
                           trainer_kwargs=None if args.clip is None else {"gradient_clip_val": args.clip}).model
     if args.save:
